@@ -1,0 +1,1 @@
+"""hpcproc benchmarks: `python -m benchmarks [--only NAME] [--json]`."""

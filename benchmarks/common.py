@@ -1,0 +1,42 @@
+"""Shared pieces of the benchmarks: the result record and a timer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Result:
+    """One figure, with the baseline measured in the same run on the same data."""
+
+    name: str
+    value: float
+    unit: str
+    baseline: str
+    baseline_value: float
+    higher_is_better: bool = True
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """value / baseline (for rates: > 1 means faster than the baseline)."""
+        return self.value / self.baseline_value if self.baseline_value else float("nan")
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["ratio"] = round(self.ratio, 4)
+        d["value"] = round(self.value, 3)
+        d["baseline_value"] = round(self.baseline_value, 3)
+        return d
+
+
+def best_rate(fn: Callable[[], int], repeats: int = 3) -> float:
+    """Items per second of ``fn`` (which returns the number of items it did): best of repeats."""
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = fn()
+        best = max(best, n / (time.perf_counter() - t0))
+    return best

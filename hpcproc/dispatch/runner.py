@@ -1,0 +1,168 @@
+"""Runs a job plan on a Dask cluster: frame steps are mapped over batches of frame indices.
+
+Steps run in waves: every step whose `needs` have ended starts together, live steps before
+downstream ones. A failed step keeps what it wrote; the steps that need it are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from distributed import Client, Future, as_completed
+
+from hpcproc.dispatch.plan import JobPlan, PlannedStep
+from hpcproc.dispatch.worker import StepTask, process_batch, step_outputs
+from hpcproc.nexus.processed import ProcessedFile
+from hpcproc.status import Status
+from hpcproc.steps.base import FrameStep
+
+BATCH_BYTES = 16 * 2**20  # raw bytes read per task: large enough to amortise ~2 ms per task
+MAX_BATCH = 256
+
+
+class RunObserver(Protocol):
+    """Told about every change of a step; the LIMS and the CLI's progress bar listen."""
+
+    def step_status(self, step_id: str, status: Status, message: str = "") -> None: ...
+
+    def step_progress(self, step_id: str, done: int, total: int) -> None: ...
+
+
+@dataclass
+class _Running:
+    step: PlannedStep
+    total: int
+    done: int = 0
+    futures: list[Future] = field(default_factory=list)
+
+
+def batch_size(frame_bytes: int, n_frames: int, n_workers: int) -> int:
+    """Frames per task: ~BATCH_BYTES of raw data, but at least two tasks per worker."""
+    by_bytes = max(1, min(MAX_BATCH, BATCH_BYTES // max(1, frame_bytes)))
+    return max(1, min(by_bytes, math.ceil(n_frames / max(1, 2 * n_workers))))
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+class Dispatcher:
+    def __init__(self, client: Client, observer: RunObserver) -> None:
+        self.client = client
+        self.observer = observer
+
+    def run(
+        self, plan: JobPlan, out: ProcessedFile, provenance: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, Status]:
+        status = {s.id: Status.QUEUED for s in plan.steps}
+        remaining = list(plan.steps)
+        while remaining:
+            live_left = any(s.spec.phase == "live" for s in remaining)
+            wave = [
+                s
+                for s in remaining
+                if all(status[n].final for n in s.spec.needs)
+                and (s.spec.phase == "live" or not live_left)
+            ]
+            for s in wave:
+                remaining.remove(s)
+            runnable = []
+            for s in wave:
+                failed = [n for n in s.spec.needs if status[n] != Status.SUCCESS]
+                if failed:
+                    status[s.id] = Status.SKIPPED
+                    why = ", ".join(f"'{n}' {status[n]}" for n in failed)
+                    self.observer.step_status(s.id, Status.SKIPPED, f"skipped: needs {why}")
+                    out.add_step(
+                        s.id,
+                        sequence_index=s.sequence_index,
+                        uses=s.spec.uses,
+                        parameters=s.params.model_dump(mode="json"),
+                        provenance=provenance.get(s.id, {}),
+                        outputs=[],
+                    )
+                    out.finish_step(s.id, "skipped", f"needs {why}")
+                else:
+                    runnable.append(s)
+            status.update(self._run_wave(plan, runnable, out, provenance))
+        return status
+
+    def _run_wave(
+        self,
+        plan: JobPlan,
+        steps: list[PlannedStep],
+        out: ProcessedFile,
+        provenance: Mapping[str, Mapping[str, Any]],
+    ) -> dict[str, Status]:
+        result: dict[str, Status] = {}
+        running: dict[str, _Running] = {}
+        owner: dict[str, str] = {}  # future key -> step id
+        n_workers = max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+        for s in steps:
+            if not issubclass(s.cls, FrameStep):
+                result[s.id] = Status.FAILED
+                self.observer.step_status(
+                    s.id, Status.FAILED, f"step type {s.spec.uses} cannot run in this version"
+                )
+                continue
+            self.observer.step_status(s.id, Status.RUNNING)
+            task = StepTask(s.spec.uses, json.dumps(s.params.model_dump(mode="json")), plan.scan)
+            try:
+                specs = self.client.submit(step_outputs, task, pure=False).result()
+            except Exception as exc:  # the step could not even be built: bad geometry etc.
+                result[s.id] = Status.FAILED
+                self.observer.step_status(s.id, Status.FAILED, _reason(exc))
+                continue
+            out.add_step(
+                s.id,
+                sequence_index=s.sequence_index,
+                uses=s.spec.uses,
+                parameters=s.params.model_dump(mode="json"),
+                provenance=provenance.get(s.id, {}),
+                outputs=specs,
+            )
+            info = plan.scan.datasets[str(getattr(s.params, s.cls.source))]
+            n = min(info.shape[0], plan.scan.n_points)
+            frame_bytes = int(np.prod(info.shape[1:])) * np.dtype(info.dtype).itemsize
+            size = batch_size(frame_bytes, n, n_workers)
+            run = running[s.id] = _Running(s, total=n)
+            for start in range(0, n, size):
+                fut = self.client.submit(
+                    process_batch,
+                    task,
+                    list(range(start, min(n, start + size))),
+                    retries=s.spec.resources.retries,
+                    pure=False,
+                )
+                run.futures.append(fut)
+                owner[fut.key] = s.id
+            self.observer.step_progress(s.id, 0, n)
+        all_futures = [f for r in running.values() for f in r.futures]
+        for fut, value in as_completed(all_futures, with_results=True, raise_errors=False):
+            sid = owner[fut.key]
+            if sid in result:  # already failed: its other tasks were cancelled
+                continue
+            run = running[sid]
+            if isinstance(value, BaseException) or fut.status == "error":
+                exc = value if isinstance(value, BaseException) else fut.exception()
+                result[sid] = Status.FAILED
+                self.client.cancel(run.futures)
+                message = f"{_reason(exc)} (after {run.done} of {run.total} points)"
+                out.finish_step(sid, "failed", message)
+                self.observer.step_status(sid, Status.FAILED, message)
+                continue
+            indices, values = value
+            out.write(sid, indices, values)
+            run.done += len(indices)
+            self.observer.step_progress(sid, run.done, run.total)
+            if run.done >= run.total:
+                result[sid] = Status.SUCCESS
+                out.finish_step(sid, "success")
+                self.observer.step_status(sid, Status.SUCCESS)
+        return result
