@@ -51,6 +51,17 @@ class XrdIntegrate(FrameStep):
             self.ai = pyFAI.load(str(p.poni))
         except (OSError, ValueError, KeyError) as exc:
             raise StepError(f"cannot read PONI file {p.poni}: {exc}") from exc
+        # pyFAI accepts any text as a PONI file and fills in nothing: check what we need.
+        missing = [
+            name
+            for name, value in (
+                ("pixel size", self.ai.detector.pixel1),
+                ("wavelength", self.ai.wavelength if p.unit.startswith("q") else 0),
+            )
+            if value is None
+        ]
+        if missing:
+            raise StepError(f"PONI file {p.poni} has no {' and no '.join(missing)}")
         self.mask = _load_mask(p.mask) if p.mask is not None else None
         self.method = _METHODS[p.method]
         self.flip = _FLIPS[p.flip]

@@ -1,0 +1,342 @@
+"""The `hpcproc` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hpcproc import __version__, config
+from hpcproc.errors import HpcprocError, InputError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not like 12x16") from None
+    if a < 1 or b < 1:
+        raise click.BadParameter(f"{text!r}: both sizes must be positive")
+    return a, b
+
+
+def _params(pairs: Sequence[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--param {pair!r} is not like name=value")
+        params[key.strip()] = value
+    return params
+
+
+class _Cli(click.Group):
+    """Turns hpcproc's own errors into one line on stderr (exit 2 for bad input, 1 otherwise)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HpcprocError as exc:
+            console.print(f"[red]hpcproc: error:[/red] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2 if isinstance(exc, InputError) else 1)
+
+
+@click.group(cls=_Cli)
+@click.version_option(__version__, prog_name="hpcproc")
+@click.option(
+    "--lims",
+    "lims_url",
+    envvar="HPCPROC_LIMS_URL",
+    help="LIMS database URL (default: SQLite under $HPCPROC_HOME).",
+)
+@click.pass_context
+def main(ctx: click.Context, lims_url: str | None) -> None:
+    """Real-time auto-processing for synchrotron beamlines."""
+    ctx.obj = {"lims_url": lims_url}
+
+
+def _lims(ctx: click.Context):  # -> Lims (imported lazily: keeps `--help` fast)
+    from hpcproc.lims import Lims, default_lims_url
+
+    return Lims(ctx.obj["lims_url"] or default_lims_url(config.home()))
+
+
+@contextmanager
+def _progress() -> Iterator[Any]:
+    """A rich progress bar per step; yields the callback the job runner calls."""
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(step: str, done: int, total: int) -> None:
+        if step not in tasks:
+            tasks[step] = bars.add_task(step, total=total)
+        bars.update(tasks[step], completed=done, total=total)
+
+    with bars:
+        yield update
+
+
+# ---------------------------------------------------------------- simulate
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--map", "map_shape", default="12x16", help="Scan shape NYxNX (y slow).")
+@click.option("--frame", "frame_shape", default="256x256", help="XRD frame HxW; 2069x1796 = real.")
+@click.option("--channels", default=8, show_default=True, help="XRF detector channels.")
+@click.option("--bins", default=4096, show_default=True, help="XRF MCA bins.")
+@click.option("--elements", default="Fe,Co,Ni,Cu,Zn", show_default=True)
+@click.option("--xrd/--no-xrd", default=True, show_default=True)
+@click.option("--xrf/--no-xrf", default=True, show_default=True)
+@click.option("--flip-ud", is_flag=True, help="Write frames upside down relative to the PONI.")
+@click.option("--scan-number", default=1, show_default=True)
+@click.option("--beamline", default="i18", show_default=True)
+@click.option("--visit", default="cm12345-1", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def simulate(out_dir: Path, map_shape: str, frame_shape: str, **kw: Any) -> None:
+    """Write a simulated I18-like scan (XRD + XRF map), its PONI file and its ground truth."""
+    path = _simulate(out_dir, _shape(map_shape), _shape(frame_shape), **kw)
+    out.print(str(path))
+
+
+def _simulate(out_dir: Path, map_shape: tuple[int, int], frame_shape: tuple[int, int], **kw: Any):
+    from hpcproc.nexus.simulator import SimulationConfig, simulate_scan
+
+    kw["elements"] = tuple(e.strip() for e in str(kw.get("elements", "Fe,Co,Ni,Cu,Zn")).split(","))
+    cfg = SimulationConfig(map_shape=map_shape, frame_shape=frame_shape, **kw)
+    with _progress() as update:
+        scan = simulate_scan(out_dir, cfg, progress=lambda d, t: update("simulate", d, t))
+    return scan.path
+
+
+# ---------------------------------------------------------------- run
+def _run(ctx: click.Context, recipes: Sequence[str], scan: Path, params: dict, cluster: str):
+    from hpcproc.dispatch.clusters import load_profile, open_client
+    from hpcproc.jobs import run_job
+    from hpcproc.recipes import find_recipe
+
+    loaded = [find_recipe(r) for r in recipes]
+    profile = load_profile(cluster)
+    lims = _lims(ctx)
+    outcomes = []
+    with open_client(profile) as client:
+        console.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
+        for recipe in loaded:
+            with _progress() as update:
+                outcomes.append(
+                    run_job(
+                        recipe,
+                        scan,
+                        params,
+                        lims=lims,
+                        client=client,
+                        cluster=profile.name,
+                        progress=update,
+                    )
+                )
+    lims.close()
+    return outcomes
+
+
+def _print_outcomes(outcomes: Sequence[Any], as_json: bool) -> None:
+    if as_json:
+        out.print_json(
+            data=[
+                {
+                    "job": o.job_id,
+                    "recipe": o.recipe,
+                    "status": o.status,
+                    "scan": str(o.scan),
+                    "processed": str(o.processed),
+                    "steps": dict(o.steps),
+                }
+                for o in outcomes
+            ]
+        )
+        return
+    table = Table("job", "recipe", "status", "processed file")
+    for o in outcomes:
+        colour = "green" if o.status == "success" else "red"
+        table.add_row(str(o.job_id), o.recipe, f"[{colour}]{o.status}[/]", str(o.processed))
+    out.print(table)
+
+
+@main.command()
+@click.argument("recipe")
+@click.argument("scan", type=click.Path(path_type=Path))
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Set a recipe parameter (repeatable).",
+)
+@click.option("--cluster", default="local", show_default=True, help="Cluster profile name or file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.pass_context
+def run(
+    ctx: click.Context, recipe: str, scan: Path, params: Sequence[str], cluster: str, as_json: bool
+) -> None:
+    """Run RECIPE (a name or a .yaml file) on the scan file SCAN."""
+    outcomes = _run(ctx, [recipe], scan, _params(params), cluster)
+    _print_outcomes(outcomes, as_json)
+    sys.exit(0 if all(o.status == "success" for o in outcomes) else 1)
+
+
+# ---------------------------------------------------------------- demo
+@main.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the scan (default: $HPCPROC_HOME/demo).",
+)
+@click.option("--map", "map_shape", default="12x16", show_default=True)
+@click.option("--frame", "frame_shape", default="256x256", show_default=True)
+@click.option("--cluster", default="local", show_default=True)
+@click.pass_context
+def demo(
+    ctx: click.Context, directory: Path | None, map_shape: str, frame_shape: str, cluster: str
+) -> None:
+    """Simulate a scan and run the shipped XRD and XRF recipes on it, recording everything."""
+    directory = directory or config.home() / "demo"
+    number = 1 + len(list(directory.glob("i18-*.nxs"))) if directory.is_dir() else 1
+    console.print(f"Simulating scan {number} in {directory}", highlight=False)
+    scan = _simulate(directory, _shape(map_shape), _shape(frame_shape), scan_number=number)
+    outcomes = _run(ctx, ["xrd-map", "xrf-map"], scan, {}, cluster)
+    _print_outcomes(outcomes, as_json=False)
+    lims = ctx.obj["lims_url"] or f"sqlite LIMS under {config.home()}"
+    out.print(f"Scan: {scan}\nLIMS: {lims}\nSee the jobs with: hpcproc status", highlight=False)
+    sys.exit(0 if all(o.status == "success" for o in outcomes) else 1)
+
+
+# ---------------------------------------------------------------- status
+@main.command()
+@click.argument("job", type=int, required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--limit", default=20, show_default=True, help="Jobs to list.")
+@click.pass_context
+def status(ctx: click.Context, job: int | None, as_json: bool, limit: int) -> None:
+    """List recent jobs, or show one JOB with its steps, messages and files."""
+    lims = _lims(ctx)
+    if job is None:
+        jobs = lims.jobs(limit=limit)
+        if as_json:
+            out.print_json(data=[_plain(j) for j in jobs])
+            return
+        table = Table("job", "recipe", "status", "steps", "created", "scan")
+        for j in jobs:
+            table.add_row(
+                str(j.id),
+                j.recipe,
+                str(j.status),
+                str(j.n_steps),
+                f"{j.created:%Y-%m-%d %H:%M:%S}",
+                str(j.scan_file),
+            )
+        out.print(table)
+        return
+    record = lims.job(job)
+    if as_json:
+        out.print_json(data=_plain(record))
+        return
+    out.print(f"[bold]job {record.id}[/] {record.recipe} ({record.status}) on {record.scan_file}")
+    out.print(f"parameters: {json.dumps(record.parameters, default=str)}", highlight=False)
+    for s in record.steps:
+        times = f"{s.start or ''} -> {s.end or ''}".strip(" ->")
+        out.print(f"  step {s.step_id} ({s.uses}): {s.status}  {times}", highlight=False)
+        for m in s.messages:
+            out.print(f"    {m.severity}: {m.message}", highlight=False)
+        for a in s.attachments:
+            out.print(f"    file: {a.path}", highlight=False)
+
+
+def _plain(record: Any) -> Any:
+    """Dataclass records -> JSON-ready data."""
+    import dataclasses
+
+    return json.loads(json.dumps(dataclasses.asdict(record), default=str))
+
+
+# ---------------------------------------------------------------- recipes
+@main.group()
+def recipes() -> None:
+    """List, show, validate recipes and export their parameter schema."""
+
+
+@recipes.command("list")
+def recipes_list() -> None:
+    """The recipes found on the recipe path."""
+    from hpcproc.recipes import list_recipes
+
+    table = Table("name", "version", "steps", "description", "file")
+    for r in list_recipes():
+        table.add_row(
+            r.name,
+            r.version,
+            ", ".join(s.id for s in r.steps),
+            r.description.strip().splitlines()[0] if r.description else "",
+            str(r.source),
+        )
+    out.print(table)
+
+
+@recipes.command("show")
+@click.argument("recipe")
+def recipes_show(recipe: str) -> None:
+    """Print a recipe's YAML."""
+    from hpcproc.recipes import find_recipe
+
+    r = find_recipe(recipe)
+    out.print(f"# {r.source}  sha256 {r.sha256}", highlight=False)
+    out.print(r.text, highlight=False, markup=False)
+
+
+@recipes.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def recipes_validate(files: Sequence[Path]) -> None:
+    """Check recipe files; prints file:line:col and exits 2 on the first error of each."""
+    from hpcproc.errors import RecipeError
+    from hpcproc.recipes import load_recipe
+
+    bad = 0
+    for f in files:
+        try:
+            r = load_recipe(f)
+        except RecipeError as exc:
+            bad += 1
+            console.print(f"[red]invalid:[/] {exc}", highlight=False, soft_wrap=True)
+        else:
+            out.print(f"ok: {f} (recipe {r.name}, {len(r.steps)} steps)", highlight=False)
+    sys.exit(2 if bad else 0)
+
+
+@recipes.command("schema")
+@click.argument("recipe")
+def recipes_schema(recipe: str) -> None:
+    """The JSON Schema of a recipe's parameters (what a guided-configuration form shows)."""
+    from hpcproc.recipes import find_recipe
+
+    out.print_json(data=find_recipe(recipe).parameters_schema())
+
+
+if __name__ == "__main__":
+    main()

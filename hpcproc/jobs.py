@@ -1,0 +1,140 @@
+"""One job = one recipe run on one scan: plan it, record it in the LIMS, dispatch it, file it.
+
+This is the only place where the LIMS, the dispatcher and the processed file meet; the CLI, the
+launcher and the web service all start jobs through :func:`run_job`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distributed import Client
+
+from hpcproc import __version__
+from hpcproc.dispatch.plan import JobPlan, make_plan
+from hpcproc.dispatch.runner import Dispatcher
+from hpcproc.lims import Lims
+from hpcproc.nexus.processed import ProcessedFile
+from hpcproc.nexus.scan import read_scan_info
+from hpcproc.recipes import Recipe
+from hpcproc.status import Status
+
+Progress = Callable[[str, int, int], None]  # (step id, points done, points in all)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: int
+    recipe: str
+    scan: Path
+    processed: Path
+    steps: dict[str, Status]
+
+    @property
+    def status(self) -> Status:
+        if any(s == Status.FAILED for s in self.steps.values()):
+            return Status.FAILED
+        return Status.SUCCESS
+
+
+def processed_path(scan_path: Path, recipe: str, job_id: int) -> Path:
+    """Processed files go beside the scan, in `processed/`, one per job."""
+    return scan_path.parent / "processed" / f"{scan_path.stem}-{recipe}-job{job_id}.nxs"
+
+
+class _LimsRecorder:
+    """RunObserver that records statuses in the LIMS and forwards progress."""
+
+    def __init__(self, lims: Lims, programs: Mapping[str, int], progress: Progress | None):
+        self.lims = lims
+        self.programs = programs
+        self.progress = progress
+
+    def step_status(self, step_id: str, status: Status, message: str = "") -> None:
+        # With a message, the LIMS also files it as an ERROR (failed) or INFO message row.
+        self.lims.set_status(self.programs[step_id], status, message or None)
+
+    def step_progress(self, step_id: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(step_id, done, total)
+
+
+def _provenance(plan: JobPlan, job_id: int, dc_id: int, programs: Mapping[str, int]) -> dict:
+    recipe, scan = plan.recipe, plan.scan
+    return {
+        s.id: {
+            "program": "hpcproc",
+            "version": __version__,
+            "step": s.id,
+            "uses": s.spec.uses,
+            "recipe": recipe.name,
+            "recipe_version": recipe.version,
+            "recipe_sha256": recipe.sha256,
+            "recipe_file": str(recipe.source) if recipe.source else None,
+            "recipe_parameters": plan.parameters,
+            "input_file": str(scan.path),
+            "input_datasets": [str(getattr(s.params, s.cls.source))]
+            if hasattr(s.cls, "source")
+            else [],
+            "scan_id": scan.scan_id,
+            "visit": scan.visit,
+            "needs": list(s.spec.needs),
+            "lims": {
+                "data_collection_id": dc_id,
+                "processing_job_id": job_id,
+                "auto_proc_program_id": programs[s.id],
+            },
+        }
+        for s in plan.steps
+    }
+
+
+def run_job(
+    recipe: Recipe,
+    scan_path: Path,
+    overrides: Mapping[str, Any],
+    *,
+    lims: Lims,
+    client: Client,
+    cluster: str = "local",
+    progress: Progress | None = None,
+    automatic: bool = False,
+) -> JobOutcome:
+    """Run ``recipe`` on the scan; InputError before anything is recorded if the input is bad."""
+    scan = read_scan_info(Path(scan_path))
+    plan = make_plan(recipe, scan, overrides)
+    dc_id = lims.record_scan(scan)
+    job_id = lims.create_job(
+        dc_id,
+        recipe.name,
+        plan.parameters,
+        display_name=f"{recipe.name} v{recipe.version}",
+        comments=f"recipe sha256 {recipe.sha256}",
+        automatic=automatic,
+    )
+    programs = {s.id: lims.create_program(job_id, s.id, s.spec.uses) for s in plan.steps}
+    env = {"cluster": cluster, "dask_dashboard": client.dashboard_link}
+    for pid in programs.values():
+        lims.set_environment(pid, env)
+    out_path = processed_path(scan.path, recipe.name, job_id)
+    recorder = _LimsRecorder(lims, programs, progress)
+    statuses: dict[str, Status] = {}
+    try:
+        with ProcessedFile(out_path, scan, title=f"{recipe.name} on {scan.scan_id}") as out:
+            statuses = Dispatcher(client, recorder).run(
+                plan, out, _provenance(plan, job_id, dc_id, programs)
+            )
+    except BaseException as exc:  # interrupted or the cluster died: never leave a step running
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"job aborted: {exc}"
+        for pid in programs.values():
+            lims.set_status(pid, Status.FAILED, why)
+        raise
+    finally:
+        if out_path.exists():
+            for sid, pid in programs.items():
+                if statuses.get(sid) in (Status.SUCCESS, Status.FAILED):
+                    lims.add_attachment(pid, out_path, "Result", 1)
+    return JobOutcome(job_id, recipe.name, scan.path, out_path, statuses)
