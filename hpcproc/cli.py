@@ -128,27 +128,20 @@ def _simulate(out_dir: Path, map_shape: tuple[int, int], frame_shape: tuple[int,
 # ---------------------------------------------------------------- run
 def _run(ctx: click.Context, recipes: Sequence[str], scan: Path, params: dict, cluster: str):
     from hpcproc.dispatch.clusters import load_profile, open_client
-    from hpcproc.jobs import run_job
+    from hpcproc.jobs import prepare, run_plan
     from hpcproc.recipes import find_recipe
 
-    loaded = [find_recipe(r) for r in recipes]
+    # Every check before the cluster starts: a mistake costs a second, not a cluster start-up.
+    plans = [prepare(find_recipe(r), scan, params) for r in recipes]
     profile = load_profile(cluster)
     lims = _lims(ctx)
     outcomes = []
     with open_client(profile) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
-        for recipe in loaded:
+        for plan in plans:
             with _progress() as update:
                 outcomes.append(
-                    run_job(
-                        recipe,
-                        scan,
-                        params,
-                        lims=lims,
-                        client=client,
-                        cluster=profile.name,
-                        progress=update,
-                    )
+                    run_plan(plan, lims=lims, client=client, cluster=profile.name, progress=update)
                 )
     lims.close()
     return outcomes
@@ -170,11 +163,13 @@ def _print_outcomes(outcomes: Sequence[Any], as_json: bool) -> None:
             ]
         )
         return
-    table = Table("job", "recipe", "status", "processed file")
-    for o in outcomes:
+    for o in outcomes:  # plain lines, never truncated: paths are meant to be copied
         colour = "green" if o.status == "success" else "red"
-        table.add_row(str(o.job_id), o.recipe, f"[{colour}]{o.status}[/]", str(o.processed))
-    out.print(table)
+        out.print(
+            f"job {o.job_id} {o.recipe}: [{colour}]{o.status}[/] -> {o.processed}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @main.command()
@@ -224,7 +219,11 @@ def demo(
     outcomes = _run(ctx, ["xrd-map", "xrf-map"], scan, {}, cluster)
     _print_outcomes(outcomes, as_json=False)
     lims = ctx.obj["lims_url"] or f"sqlite LIMS under {config.home()}"
-    out.print(f"Scan: {scan}\nLIMS: {lims}\nSee the jobs with: hpcproc status", highlight=False)
+    out.print(
+        f"Scan: {scan}\nLIMS: {lims}\nSee the jobs with: hpcproc status",
+        highlight=False,
+        soft_wrap=True,
+    )
     sys.exit(0 if all(o.status == "success" for o in outcomes) else 1)
 
 

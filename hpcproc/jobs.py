@@ -92,6 +92,11 @@ def _provenance(plan: JobPlan, job_id: int, dc_id: int, programs: Mapping[str, i
     }
 
 
+def prepare(recipe: Recipe, scan_path: Path, overrides: Mapping[str, Any]) -> JobPlan:
+    """Read the scan and check everything the job needs; no side effects (InputError if bad)."""
+    return make_plan(recipe, read_scan_info(Path(scan_path)), overrides)
+
+
 def run_job(
     recipe: Recipe,
     scan_path: Path,
@@ -104,8 +109,23 @@ def run_job(
     automatic: bool = False,
 ) -> JobOutcome:
     """Run ``recipe`` on the scan; InputError before anything is recorded if the input is bad."""
-    scan = read_scan_info(Path(scan_path))
-    plan = make_plan(recipe, scan, overrides)
+    plan = prepare(recipe, scan_path, overrides)
+    return run_plan(
+        plan, lims=lims, client=client, cluster=cluster, progress=progress, automatic=automatic
+    )
+
+
+def run_plan(
+    plan: JobPlan,
+    *,
+    lims: Lims,
+    client: Client,
+    cluster: str = "local",
+    progress: Progress | None = None,
+    automatic: bool = False,
+) -> JobOutcome:
+    """Record a prepared job in the LIMS, run it on ``client`` and file its results."""
+    recipe, scan = plan.recipe, plan.scan
     dc_id = lims.record_scan(scan)
     job_id = lims.create_job(
         dc_id,

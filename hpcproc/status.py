@@ -18,7 +18,13 @@ class Status(StrEnum):
 
 
 # Rank orders the states; a transition is allowed only forwards, and never out of a final state.
-_RANK = {Status.QUEUED: 0, Status.RUNNING: 1, Status.SUCCESS: 2, Status.FAILED: 2, Status.SKIPPED: 2}
+_RANK = {
+    Status.QUEUED: 0,
+    Status.RUNNING: 1,
+    Status.SUCCESS: 2,
+    Status.FAILED: 2,
+    Status.SKIPPED: 2,
+}
 
 
 def can_move(current: Status, new: Status) -> bool:

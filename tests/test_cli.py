@@ -1,0 +1,124 @@
+"""The `hpcproc` command as a person uses it: one clear line for mistakes, exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hpcproc import __version__
+from hpcproc.cli import main
+
+TYPO_RECIPE = """\
+name: typo
+steps:
+  - id: integrate
+    uses: xrd_integrat
+"""
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPCPROC_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HPCPROC_LIMS_URL", raising=False)
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def _one_line_error(result) -> str:
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_version(cli):
+    result = cli("--version")
+    assert result.exit_code == 0 and __version__ in result.stdout
+
+
+def test_validate_reports_file_line_col(cli, tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(TYPO_RECIPE)
+    result = cli("recipes", "validate", bad)
+    assert result.exit_code == 2
+    line = _one_line_error(result)
+    assert f"{bad}:4:11" in line and "xrd_integrat" in line and "xrd_integrate" in line
+
+
+def test_shipped_recipes_validate_and_export_schema(cli):
+    shipped = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+    result = cli("recipes", "validate", *shipped)
+    assert result.exit_code == 0, result.output
+    schema = json.loads(cli("recipes", "schema", "xrd-map").stdout)
+    assert schema["properties"]["npt"]["minimum"] == 100
+    listing = cli("recipes", "list").stdout
+    assert "xrd-map" in listing and "xrf-map" in listing
+
+
+def test_bad_parameter_is_one_line_and_records_nothing(cli, sim_scan):
+    result = cli("run", "xrd-map", sim_scan.path, "--param", "npt=lots")
+    assert result.exit_code == 2
+    assert "npt" in _one_line_error(result)
+    result = cli("run", "xrd-map", sim_scan.path, "--param", "npt")
+    assert result.exit_code == 2
+    assert "name=value" in _one_line_error(result)
+    assert json.loads(cli("status", "--json").stdout) == []
+
+
+def test_missing_scan_and_unknown_cluster(cli, sim_scan, tmp_path):
+    result = cli("run", "xrd-map", tmp_path / "nope.nxs")
+    assert result.exit_code == 2
+    assert "nope.nxs" in _one_line_error(result)
+    result = cli("run", "xrd-map", sim_scan.path, "--cluster", "nowhere")
+    assert result.exit_code == 2
+    assert "nowhere" in _one_line_error(result)
+    result = cli("status", "99")
+    assert result.exit_code == 1
+    assert "99" in _one_line_error(result)
+
+
+def test_demo_from_the_shell(tmp_path):
+    """`hpcproc demo` in a separate process, as the README's first command runs it."""
+    env = {**os.environ, "HPCPROC_HOME": str(tmp_path / "home")}
+    env.pop("HPCPROC_LIMS_URL", None)
+    hpcproc = [sys.executable, "-m", "hpcproc.cli"]
+    demo = subprocess.run(
+        [*hpcproc, "demo", "--map", "4x5", "--frame", "128x128"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert "Dask dashboard: http://" in demo.stderr
+    processed = sorted((tmp_path / "home" / "demo" / "processed").glob("*.nxs"))
+    assert [p.name for p in processed] == [
+        "i18-000001-xrd-map-job1.nxs",
+        "i18-000001-xrf-map-job2.nxs",
+    ]
+    for p in processed:
+        assert str(p) in demo.stdout
+    status = subprocess.run(
+        [*hpcproc, "status", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    jobs = json.loads(status.stdout)
+    assert [(j["recipe"], j["status"]) for j in jobs] == [
+        ("xrf-map", "success"),
+        ("xrd-map", "success"),
+    ]
+    one = subprocess.run(
+        [*hpcproc, "status", "1", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    job = json.loads(one.stdout)
+    assert job["steps"][0]["step_id"] == "integrate"
+    assert job["steps"][0]["attachments"][0]["path"] == str(processed[0])
