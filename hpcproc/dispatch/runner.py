@@ -39,6 +39,8 @@ class _Running:
     total: int
     done: int = 0
     futures: list[Future] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    pending: int = 0  # tasks not yet returned
 
 
 def batch_size(frame_bytes: int, n_frames: int, n_workers: int) -> int:
@@ -142,27 +144,41 @@ class Dispatcher:
                 )
                 run.futures.append(fut)
                 owner[fut.key] = s.id
+            run.pending = len(run.futures)
+            if not run.pending:
+                run.errors.append(f"no frames to process in {info.path}")
+                result[s.id] = self._finish(run, out)
+                continue
             self.observer.step_progress(s.id, 0, n)
         all_futures = [f for r in running.values() for f in r.futures]
         for fut, value in as_completed(all_futures, with_results=True, raise_errors=False):
-            sid = owner[fut.key]
-            if sid in result:  # already failed: its other tasks were cancelled
-                continue
-            run = running[sid]
+            run = running[owner[fut.key]]
             if isinstance(value, BaseException) or fut.status == "error":
+                # One bad batch (a corrupt frame) fails the step, but the others still run
+                # and are kept: the scientist gets every point that could be processed.
                 exc = value if isinstance(value, BaseException) else fut.exception()
-                result[sid] = Status.FAILED
-                self.client.cancel(run.futures)
-                message = f"{_reason(exc)} (after {run.done} of {run.total} points)"
-                out.finish_step(sid, "failed", message)
-                self.observer.step_status(sid, Status.FAILED, message)
-                continue
-            indices, values = value
-            out.write(sid, indices, values)
-            run.done += len(indices)
-            self.observer.step_progress(sid, run.done, run.total)
-            if run.done >= run.total:
-                result[sid] = Status.SUCCESS
-                out.finish_step(sid, "success")
-                self.observer.step_status(sid, Status.SUCCESS)
+                run.errors.append(_reason(exc))
+            else:
+                indices, values = value
+                out.write(run.step.id, indices, values)
+                run.done += len(indices)
+                self.observer.step_progress(run.step.id, run.done, run.total)
+            run.pending -= 1
+            if run.pending == 0:
+                result[run.step.id] = self._finish(run, out)
         return result
+
+    def _finish(self, run: _Running, out: ProcessedFile) -> Status:
+        sid = run.step.id
+        if run.errors:
+            more = (
+                f" (and {len(run.errors) - 1} more failed batches)" if len(run.errors) > 1 else ""
+            )
+            # Counts first: the LIMS's processingMessage column keeps only 255 characters.
+            message = f"{run.done} of {run.total} points processed; {run.errors[0]}{more}"
+            out.finish_step(sid, "failed", message)
+            self.observer.step_status(sid, Status.FAILED, message)
+            return Status.FAILED
+        out.finish_step(sid, "success")
+        self.observer.step_status(sid, Status.SUCCESS)
+        return Status.SUCCESS
