@@ -98,21 +98,11 @@ def prepare(recipe: Recipe, scan_path: Path, overrides: Mapping[str, Any]) -> Jo
 
 
 def run_job(
-    recipe: Recipe,
-    scan_path: Path,
-    overrides: Mapping[str, Any],
-    *,
-    lims: Lims,
-    client: Client,
-    cluster: str = "local",
-    progress: Progress | None = None,
-    automatic: bool = False,
+    recipe: Recipe, scan_path: Path, overrides: Mapping[str, Any], **options: Any
 ) -> JobOutcome:
-    """Run ``recipe`` on the scan; InputError before anything is recorded if the input is bad."""
-    plan = prepare(recipe, scan_path, overrides)
-    return run_plan(
-        plan, lims=lims, client=client, cluster=cluster, progress=progress, automatic=automatic
-    )
+    """Run ``recipe`` on the scan (``options`` as for :func:`run_plan`); InputError before
+    anything is recorded if the input is bad."""
+    return run_plan(prepare(recipe, scan_path, overrides), **options)
 
 
 def run_plan(

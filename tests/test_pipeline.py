@@ -144,6 +144,8 @@ def test_failed_step_skips_its_dependents_only(sim_scan, client, lims):
     assert by_id["again"].start is None  # a skipped step never started
     assert by_id["windows"].status == "success"
     with h5py.File(outcome.processed, "r") as f:
+        assert f["entry/integrate/status"][()].decode() == "failed"
+        assert "broken.poni" in f["entry/integrate/message"][()].decode()
         assert f["entry/again/status"][()].decode() == "skipped"
         assert not np.isnan(f["entry/windows/maps/Fe-Ka"][()]).any()
 

@@ -19,7 +19,7 @@ from hpcproc.dispatch.plan import JobPlan, PlannedStep
 from hpcproc.dispatch.worker import StepTask, process_batch, step_outputs
 from hpcproc.nexus.processed import ProcessedFile
 from hpcproc.status import Status
-from hpcproc.steps.base import FrameStep
+from hpcproc.steps.base import FrameStep, Output
 
 BATCH_BYTES = 16 * 2**20  # raw bytes read per task: large enough to amortise ~2 ms per task
 MAX_BATCH = 256
@@ -54,6 +54,23 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _open_step(
+    out: ProcessedFile,
+    s: PlannedStep,
+    provenance: Mapping[str, Mapping[str, Any]],
+    outputs: list[Output],
+) -> None:
+    """The step's NXprocess, written even for a step that fails or is skipped (provenance)."""
+    out.add_step(
+        s.id,
+        sequence_index=s.sequence_index,
+        uses=s.spec.uses,
+        parameters=s.params.model_dump(mode="json"),
+        provenance=provenance.get(s.id, {}),
+        outputs=outputs,
+    )
+
+
 class Dispatcher:
     def __init__(self, client: Client, observer: RunObserver) -> None:
         self.client = client
@@ -81,14 +98,7 @@ class Dispatcher:
                     status[s.id] = Status.SKIPPED
                     why = ", ".join(f"'{n}' {status[n]}" for n in failed)
                     self.observer.step_status(s.id, Status.SKIPPED, f"skipped: needs {why}")
-                    out.add_step(
-                        s.id,
-                        sequence_index=s.sequence_index,
-                        uses=s.spec.uses,
-                        parameters=s.params.model_dump(mode="json"),
-                        provenance=provenance.get(s.id, {}),
-                        outputs=[],
-                    )
+                    _open_step(out, s, provenance, [])
                     out.finish_step(s.id, "skipped", f"needs {why}")
                 else:
                     runnable.append(s)
@@ -119,16 +129,11 @@ class Dispatcher:
                 specs = self.client.submit(step_outputs, task, pure=False).result()
             except Exception as exc:  # the step could not even be built: bad geometry etc.
                 result[s.id] = Status.FAILED
+                _open_step(out, s, provenance, [])
+                out.finish_step(s.id, "failed", _reason(exc))
                 self.observer.step_status(s.id, Status.FAILED, _reason(exc))
                 continue
-            out.add_step(
-                s.id,
-                sequence_index=s.sequence_index,
-                uses=s.spec.uses,
-                parameters=s.params.model_dump(mode="json"),
-                provenance=provenance.get(s.id, {}),
-                outputs=specs,
-            )
+            _open_step(out, s, provenance, specs)
             info = plan.scan.datasets[str(getattr(s.params, s.cls.source))]
             n = min(info.shape[0], plan.scan.n_points)
             frame_bytes = int(np.prod(info.shape[1:])) * np.dtype(info.dtype).itemsize
