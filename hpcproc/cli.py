@@ -288,13 +288,8 @@ def recipes_list() -> None:
 
     table = Table("name", "version", "steps", "description", "file")
     for r in list_recipes():
-        table.add_row(
-            r.name,
-            r.version,
-            ", ".join(s.id for s in r.steps),
-            r.description.strip().splitlines()[0] if r.description else "",
-            str(r.source),
-        )
+        summary = " ".join(r.description.split()).split(". ")[0].rstrip(".")
+        table.add_row(r.name, r.version, ", ".join(s.id for s in r.steps), summary, str(r.source))
     out.print(table)
 
 

@@ -90,23 +90,39 @@ FILTER_NAMES: dict[int, str] = {
 _NOT_COMPRESSION = {2, 3, 5, 6}  # shuffle, fletcher32, nbit, scaleoffset
 
 
-@contextmanager
-def open_scan_file(path: str | Path) -> Iterator[h5py.File]:
-    """Open a scan read-only (SWMR when possible); ScanError, one line, when that fails."""
+def open_h5(path: str | Path) -> tuple[h5py.File, bool]:
+    """Open an HDF5 scan read-only: ``(file, swmr)``; ScanError (one line) when impossible.
+
+    A plain open comes first: it is what a finished scan needs, and it fails fast both on a
+    truncated file and on a file a SWMR writer still holds ("already open for write"), in which
+    case the file is reopened in SWMR-read mode. Not the other way round: SWMR-read skips HDF5's
+    end-of-file check, and listing a group of a truncated file that way retried metadata reads
+    for minutes (> 200 s). A truncated file that a crashed SWMR writer left flagged "open for
+    SWMR write" still goes the SWMR way: there HDF5 gives no cheap truncation check (the
+    superblock's end-of-file address is not updated in SWMR mode).
+    """
     p = Path(path)
     if not p.exists():
         raise ScanError(f"{p}: scan file not found")
     if p.is_dir():
         raise ScanError(f"{p}: is a directory, not a scan file")
     try:
-        f = h5py.File(p, "r", swmr=True)
-    except OSError:
-        try:
-            f = h5py.File(p, "r")
-        except OSError as e:
-            raise ScanError(
-                f"{p}: not a readable HDF5 file (truncated or corrupt?): {_why(e)}"
-            ) from e
+        return h5py.File(p, "r"), False
+    except OSError as e:
+        first = e
+    reason = _why(first)
+    if "truncated" in reason or "signature" in reason:
+        raise ScanError(f"{p}: not a readable HDF5 file (truncated or corrupt?): {reason}")
+    try:
+        return h5py.File(p, "r", swmr=True), True
+    except OSError as e:
+        raise ScanError(f"{p}: not a readable HDF5 file (truncated or corrupt?): {reason}") from e
+
+
+@contextmanager
+def open_scan_file(path: str | Path) -> Iterator[h5py.File]:
+    """``with open_scan_file(p) as f``: :func:`open_h5`, closed on leaving the block."""
+    f, _swmr = open_h5(path)
     try:
         yield f
     finally:

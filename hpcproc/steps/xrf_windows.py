@@ -120,10 +120,10 @@ def line_energy(line: str) -> float:
 
 def read_calibration(path: Path, group: str, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel energy offset and gain from ``group/energy_offset`` and ``group/energy_gain``."""
-    import h5py
+    from hpcproc.nexus.scan import open_scan_file  # one way to open scans in a process
 
     try:
-        with h5py.File(path, "r", swmr=True) as f:
+        with open_scan_file(path) as f:
             offset = np.asarray(f[f"{group}/energy_offset"][()], dtype=float)
             gain = np.asarray(f[f"{group}/energy_gain"][()], dtype=float)
     except KeyError as exc:
