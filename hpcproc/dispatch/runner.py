@@ -43,10 +43,15 @@ class _Running:
     pending: int = 0  # tasks not yet returned
 
 
-def batch_size(frame_bytes: int, n_frames: int, n_workers: int) -> int:
-    """Frames per task: ~BATCH_BYTES of raw data, but at least two tasks per worker."""
-    by_bytes = max(1, min(MAX_BATCH, BATCH_BYTES // max(1, frame_bytes)))
-    return max(1, min(by_bytes, math.ceil(n_frames / max(1, 2 * n_workers))))
+def batch_size(frame_bytes: int, n_frames: int, n_workers: int, row: int) -> int:
+    """Frames per task: ~BATCH_BYTES of raw data, but at least two tasks per worker; aligned
+    to the scan's rows of ``row`` points (whole rows, or an even share of one), so each task's
+    results are written to the processed file in one slice."""
+    size = max(1, min(MAX_BATCH, BATCH_BYTES // max(1, frame_bytes)))
+    size = max(1, min(size, math.ceil(n_frames / max(1, 2 * n_workers))))
+    if size >= row:
+        return size - size % row
+    return max(d for d in range(1, size + 1) if row % d == 0)
 
 
 def _reason(exc: BaseException) -> str:
@@ -137,7 +142,7 @@ class Dispatcher:
             info = plan.scan.datasets[str(getattr(s.params, s.cls.source))]
             n = min(info.shape[0], plan.scan.n_points)
             frame_bytes = int(np.prod(info.shape[1:])) * np.dtype(info.dtype).itemsize
-            size = batch_size(frame_bytes, n, n_workers)
+            size = batch_size(frame_bytes, n, n_workers, plan.scan.shape[-1])
             run = running[s.id] = _Running(s, total=n)
             for start in range(0, n, size):
                 fut = self.client.submit(

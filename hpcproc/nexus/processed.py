@@ -15,7 +15,8 @@ file during processing sees which points are done.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from hpcproc.nexus.scan import ScanInfo
 from hpcproc.steps.base import Output
 
 _STR = h5py.string_dtype()
+FLUSH_SECONDS = 0.2  # how stale the file may be for a reader while a job runs
 
 
 def _now() -> str:
@@ -60,6 +62,7 @@ class ProcessedFile:
         # An external link lets a viewer browse the raw scan from the processed file.
         self.entry["raw"] = h5py.ExternalLink(str(scan.path), "/entry")
         self._counts: dict[str, int] = {}
+        self._flushed = 0.0
 
     def add_step(
         self,
@@ -137,24 +140,40 @@ class ProcessedFile:
         proc = self.entry[step_id]
         indices = np.asarray(indices)
         order = np.argsort(indices, kind="stable")
-        ncols = self.scan.shape[-1]
-        # One slice per run of consecutive points within one row of the fastest axis.
-        breaks = np.flatnonzero(
-            (np.diff(indices[order]) != 1) | (np.diff(indices[order] // ncols) != 0)
-        )
-        for run in np.split(order, breaks + 1):
-            first = int(indices[run[0]])
-            row = (
-                np.unravel_index(first // ncols, self.scan.shape[:-1])
-                if self.scan.shape[:-1]
-                else ()
-            )
-            where = (*(int(r) for r in row), slice(first % ncols, first % ncols + len(run)))
-            for key, values in results.items():
-                proc[key][where] = values[run]
+        flat = indices[order]
+        for run in np.split(order, np.flatnonzero(np.diff(flat) != 1) + 1):
+            for where, part, lead in self._slices(int(indices[run[0]]), len(run)):
+                for key, values in results.items():
+                    block = values[run[part]]
+                    proc[key][where] = block.reshape(*lead, *block.shape[1:])
         self._counts[step_id] += len(indices)
         proc["progress"][()] = self._counts[step_id]
-        self.f.flush()
+        now = time.monotonic()
+        if now - self._flushed >= FLUSH_SECONDS:  # a flush per batch would cost more than it shows
+            self.f.flush()
+            self._flushed = now
+
+    def _slices(self, first: int, n: int) -> Iterator[tuple[tuple, slice, tuple[int, ...]]]:
+        """Dataset selections covering flat points [first, first + n), as few as possible: a
+        partial row, then whole rows in one block (2-D scans), then a partial row. Yields
+        (selection, slice of the points, leading shape of the selection)."""
+        shape = self.scan.shape
+        ncols = shape[-1]
+        done = 0
+        while done < n:
+            point = first + done
+            row, col = divmod(point, ncols)
+            full_rows = (n - done) // ncols if col == 0 and len(shape) == 2 else 0
+            if full_rows > 1:
+                take = full_rows * ncols
+                yield (slice(row, row + full_rows),), slice(done, done + take), (full_rows, ncols)
+            else:
+                take = min(ncols - col, n - done)
+                lead = (
+                    tuple(int(i) for i in np.unravel_index(row, shape[:-1])) if shape[:-1] else ()
+                )
+                yield (*lead, slice(col, col + take)), slice(done, done + take), (take,)
+            done += take
 
     def finish_step(self, step_id: str, status: str, message: str = "") -> None:
         proc = self.entry[step_id]
