@@ -18,13 +18,14 @@ from hpcproc.steps.xrf_windows import XrfWindows
 MCA = "/entry/instrument/xspress3/data"
 ELEMENTS = ["Fe-Ka", "Co-Ka", "Ni-Ka", "Cu-Ka", "Zn-Ka"]
 BATCH = 128
+MAP = (80, 100)  # large enough that a job's fixed costs (~0.1 s) do not dominate
 DETECTOR_HZ = 1000.0  # Xspress3 on I18: 1 kHz x 8 channels x 4096 bins (the seed talk)
 
 
 def run() -> list[Result]:
     with tempfile.TemporaryDirectory() as tmp:
-        sim = simulate_scan(Path(tmp), SimulationConfig(map_shape=(40, 50), xrd=False, seed=1))
-        n = 40 * 50
+        sim = simulate_scan(Path(tmp), SimulationConfig(map_shape=MAP, xrd=False, seed=1))
+        n = MAP[0] * MAP[1]
         scan = read_scan_info(sim.path)
 
         def bare_read() -> int:  # h5py through the HDF5 Blosc filter, the whole dataset
@@ -43,7 +44,7 @@ def run() -> list[Result]:
         baseline = best_rate(bare_read)
         one_core = best_rate(step_one_core)
         job = job_rate("xrf-map", sim.path, {}, n)
-    note = "40x50 map; job = whole `hpcproc run xrf-map` path on a 2-worker LocalCluster, warm"
+    note = f"{MAP[0]}x{MAP[1]} map; job = whole `hpcproc run xrf-map` path on a 2-worker LocalCluster, warm"
     return [
         Result(
             "xrf_windows.step_1core",
