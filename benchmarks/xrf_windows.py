@@ -44,7 +44,7 @@ def run() -> list[Result]:
         baseline = best_rate(bare_read)
         one_core = best_rate(step_one_core)
         job = job_rate("xrf-map", sim.path, {}, n)
-    note = f"{MAP[0]}x{MAP[1]} map; job = whole `hpcproc run xrf-map` path on a 2-worker LocalCluster, warm"
+    note = f"{MAP[0]}x{MAP[1]} map; job = `hpcproc run xrf-map` path, 2-worker LocalCluster, warm"
     return [
         Result(
             "xrf_windows.step_1core",
