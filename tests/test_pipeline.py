@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 from scipy.signal import find_peaks
+from silx.io import nxdata as silx_nxdata
 
 from hpcproc.errors import InputError
 from hpcproc.jobs import run_job
@@ -78,6 +79,14 @@ def test_processed_file_provenance_and_default_chain(xrd_job, sim_scan):
         assert data["y"].shape == (6,) and data["x"].shape == (8,)
         # The raw scan is reachable from the processed file.
         assert entry["raw/instrument/name"][()].decode() == "i18"
+        # A NeXus viewer's own reader (silx, as in silx view and PyMca) finds the map to plot.
+        default = silx_nxdata.get_default(f)
+        assert default is not None and default.signal.name == "/entry/integrate/integrated/I"
+        assert [a.name for a in default.axes] == [
+            "/entry/integrate/integrated/y",
+            "/entry/integrate/integrated/x",
+            "/entry/integrate/integrated/q",
+        ]
 
 
 def test_lims_records_the_job(xrd_job, sim_scan):
