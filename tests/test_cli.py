@@ -55,6 +55,33 @@ def test_validate_reports_file_line_col(cli, tmp_path):
     assert f"{bad}:4:11" in line and "xrd_integrat" in line and "xrd_integrate" in line
 
 
+@pytest.mark.parametrize(
+    ("text", "where", "phrase"),
+    [
+        (TYPO_RECIPE, "4:11", "xrd_integrat"),
+        (
+            "name: c\nsteps:\n"
+            "  - {id: a, uses: xrf_windows, needs: [b], with: {elements: Fe-Ka}}\n"
+            "  - {id: b, uses: xrf_windows, needs: [a], with: {elements: Fe-Ka}}\n",
+            "3:",
+            "cycle",
+        ),
+        ("name: t\nparameters:\n  npt: {type: int, default: many}\nsteps: []\n", "3:", "many"),
+    ],
+)
+def test_run_with_a_broken_recipe_runs_and_records_nothing(
+    cli, sim_scan, tmp_path, text, where, phrase
+):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    result = cli("run", bad, sim_scan.path)
+    assert result.exit_code == 2
+    line = _one_line_error(result)
+    assert f"{bad}:{where}" in line and phrase in line
+    assert "Dask dashboard" not in result.stderr  # no cluster was started
+    assert json.loads(cli("status", "--json").stdout) == []
+
+
 def test_shipped_recipes_validate_and_export_schema(cli):
     shipped = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
     result = cli("recipes", "validate", *shipped)
