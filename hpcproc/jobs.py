@@ -6,6 +6,7 @@ launcher and the web service all start jobs through :func:`run_job`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,11 @@ from hpcproc.dispatch.runner import Dispatcher
 from hpcproc.lims import Lims
 from hpcproc.nexus.processed import ProcessedFile
 from hpcproc.nexus.scan import read_scan_info
+from hpcproc.progress import Progress
 from hpcproc.recipes import Recipe
 from hpcproc.status import Status
 
-Progress = Callable[[str, int, int], None]  # (step id, points done, points in all)
+ProgressFn = Callable[[str, int, int], None]  # (step id, points done, points in all)
 
 
 @dataclass(frozen=True)
@@ -46,20 +48,27 @@ def processed_path(scan_path: Path, recipe: str, job_id: int) -> Path:
 
 
 class _LimsRecorder:
-    """RunObserver that records statuses in the LIMS and forwards progress."""
+    """RunObserver that records statuses and live progress in the LIMS, and forwards progress."""
 
-    def __init__(self, lims: Lims, programs: Mapping[str, int], progress: Progress | None):
+    LIMS_EVERY = 1.0  # s between live-status updates of one step in the LIMS
+
+    def __init__(self, lims: Lims, programs: Mapping[str, int], progress: ProgressFn | None):
         self.lims = lims
         self.programs = programs
         self.progress = progress
+        self._last: dict[str, float] = {}
 
     def step_status(self, step_id: str, status: Status, message: str = "") -> None:
         # With a message, the LIMS also files it as an ERROR (failed) or INFO message row.
         self.lims.set_status(self.programs[step_id], status, message or None)
 
-    def step_progress(self, step_id: str, done: int, total: int) -> None:
+    def step_progress(self, step_id: str, progress: Progress) -> None:
         if self.progress is not None:
-            self.progress(step_id, done, total)
+            self.progress(step_id, progress.done, progress.total)
+        now = time.monotonic()
+        if now - self._last.get(step_id, 0.0) >= self.LIMS_EVERY:
+            self._last[step_id] = now
+            self.lims.set_progress(self.programs[step_id], progress.text())
 
 
 def _provenance(plan: JobPlan, job_id: int, dc_id: int, programs: Mapping[str, int]) -> dict:
@@ -111,7 +120,7 @@ def run_plan(
     lims: Lims,
     client: Client,
     cluster: str = "local",
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
     automatic: bool = False,
 ) -> JobOutcome:
     """Record a prepared job in the LIMS, run it on ``client`` and file its results."""

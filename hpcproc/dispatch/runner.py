@@ -2,27 +2,37 @@
 
 Steps run in waves: every step whose `needs` have ended starts together, live steps before
 downstream ones. A failed step keeps what it wrote; the steps that need it are skipped.
+
+On a scan still being written, a wave follows the file (SWMR): batches are submitted as the
+writer completes points, the processed file is itself in SWMR mode so viewers watch it fill,
+and the wave ends with the writer's end-of-scan marker, or fails when the writer goes quiet
+for longer than the step's ``idle_timeout``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from distributed import Client, Future, as_completed
+from distributed import Client, as_completed
 
 from hpcproc.dispatch.plan import JobPlan, PlannedStep
 from hpcproc.dispatch.worker import StepTask, process_batch, step_outputs
+from hpcproc.nexus.follow import ScanFollower
 from hpcproc.nexus.processed import ProcessedFile
+from hpcproc.progress import Progress
 from hpcproc.status import Status
 from hpcproc.steps.base import FrameStep, Output
 
 BATCH_BYTES = 16 * 2**20  # raw bytes read per task: large enough to amortise ~2 ms per task
 MAX_BATCH = 256
+MAX_WAIT = 0.05  # s a complete point of a live scan may wait for its batch to fill
+POLL = 0.005  # s between looks at a live scan (and at finished tasks)
 
 
 class RunObserver(Protocol):
@@ -30,17 +40,7 @@ class RunObserver(Protocol):
 
     def step_status(self, step_id: str, status: Status, message: str = "") -> None: ...
 
-    def step_progress(self, step_id: str, done: int, total: int) -> None: ...
-
-
-@dataclass
-class _Running:
-    step: PlannedStep
-    total: int
-    done: int = 0
-    futures: list[Future] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    pending: int = 0  # tasks not yet returned
+    def step_progress(self, step_id: str, progress: Progress) -> None: ...
 
 
 def batch_size(frame_bytes: int, n_frames: int, n_workers: int, row: int) -> int:
@@ -59,21 +59,26 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _open_step(
-    out: ProcessedFile,
-    s: PlannedStep,
-    provenance: Mapping[str, Mapping[str, Any]],
-    outputs: list[Output],
-) -> None:
-    """The step's NXprocess, written even for a step that fails or is skipped (provenance)."""
-    out.add_step(
-        s.id,
-        sequence_index=s.sequence_index,
-        uses=s.spec.uses,
-        parameters=s.params.model_dump(mode="json"),
-        provenance=provenance.get(s.id, {}),
-        outputs=outputs,
-    )
+@dataclass
+class _Run:
+    """The state of one frame step while its wave runs."""
+
+    step: PlannedStep
+    task: StepTask
+    total: int  # points to process (may shrink when a live scan ends early)
+    size: int  # points per batch
+    submitted: int = 0
+    done: int = 0
+    pending: int = 0  # tasks not yet returned
+    errors: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    waiting_since: float | None = None  # when complete points began waiting for a batch
+    lag: float = 0.0
+    status: Status | None = None  # set when the step has ended
+
+    def progress(self, written: int) -> Progress:
+        elapsed = max(1e-9, time.monotonic() - self.started)
+        return Progress(self.done, written, self.total, self.done / elapsed, self.lag)
 
 
 class Dispatcher:
@@ -110,6 +115,50 @@ class Dispatcher:
             status.update(self._run_wave(plan, runnable, out, provenance))
         return status
 
+    def _fail(self, out: ProcessedFile, sid: str, message: str) -> Status:
+        out.finish_step(sid, "failed", message)
+        self.observer.step_status(sid, Status.FAILED, message)
+        return Status.FAILED
+
+    def _start(
+        self,
+        plan: JobPlan,
+        steps: list[PlannedStep],
+        out: ProcessedFile,
+        provenance: Mapping[str, Mapping[str, Any]],
+    ) -> tuple[dict[str, _Run], dict[str, Status]]:
+        """Build every step of the wave on a worker (all at once) and open its NXprocess."""
+        result: dict[str, Status] = {}
+        described = {}
+        for s in steps:
+            if not issubclass(s.cls, FrameStep):
+                _open_step(out, s, provenance, [])
+                result[s.id] = self._fail(
+                    out, s.id, f"step type {s.spec.uses} cannot run in this version"
+                )
+                continue
+            self.observer.step_status(s.id, Status.RUNNING)
+            task = StepTask(s.spec.uses, json.dumps(s.params.model_dump(mode="json")), plan.scan)
+            described[s.id] = (s, task, self.client.submit(step_outputs, task, pure=False))
+        n_workers = max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+        runs = {}
+        for sid, (s, task, fut) in described.items():
+            try:
+                specs = fut.result()
+            except Exception as exc:  # the step could not even be built: bad geometry etc.
+                _open_step(out, s, provenance, [])
+                result[sid] = self._fail(out, sid, _reason(exc))
+                continue
+            _open_step(out, s, provenance, specs)
+            info = plan.scan.datasets[str(getattr(s.params, s.cls.source))]
+            total = plan.scan.n_points
+            if plan.scan.finished:  # a scan that ended early has fewer frames than points
+                total = min(total, info.shape[0])
+            frame_bytes = int(np.prod(info.shape[1:])) * np.dtype(info.dtype).itemsize
+            size = batch_size(frame_bytes, total, n_workers, plan.scan.shape[-1])
+            runs[sid] = _Run(s, task, total, size)
+        return runs, result
+
     def _run_wave(
         self,
         plan: JobPlan,
@@ -117,78 +166,140 @@ class Dispatcher:
         out: ProcessedFile,
         provenance: Mapping[str, Mapping[str, Any]],
     ) -> dict[str, Status]:
-        result: dict[str, Status] = {}
-        running: dict[str, _Running] = {}
-        owner: dict[str, str] = {}  # future key -> step id
-        n_workers = max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
-        for s in steps:
-            if not issubclass(s.cls, FrameStep):
-                result[s.id] = Status.FAILED
-                self.observer.step_status(
-                    s.id, Status.FAILED, f"step type {s.spec.uses} cannot run in this version"
-                )
-                continue
-            self.observer.step_status(s.id, Status.RUNNING)
-            task = StepTask(s.spec.uses, json.dumps(s.params.model_dump(mode="json")), plan.scan)
-            try:
-                specs = self.client.submit(step_outputs, task, pure=False).result()
-            except Exception as exc:  # the step could not even be built: bad geometry etc.
-                result[s.id] = Status.FAILED
-                _open_step(out, s, provenance, [])
-                out.finish_step(s.id, "failed", _reason(exc))
-                self.observer.step_status(s.id, Status.FAILED, _reason(exc))
-                continue
-            _open_step(out, s, provenance, specs)
-            info = plan.scan.datasets[str(getattr(s.params, s.cls.source))]
-            n = min(info.shape[0], plan.scan.n_points)
-            frame_bytes = int(np.prod(info.shape[1:])) * np.dtype(info.dtype).itemsize
-            size = batch_size(frame_bytes, n, n_workers, plan.scan.shape[-1])
-            run = running[s.id] = _Running(s, total=n)
-            for start in range(0, n, size):
-                fut = self.client.submit(
-                    process_batch,
-                    task,
-                    list(range(start, min(n, start + size))),
-                    retries=s.spec.resources.retries,
-                    pure=False,
-                )
-                run.futures.append(fut)
-                owner[fut.key] = s.id
-            run.pending = len(run.futures)
-            if not run.pending:
-                run.errors.append(f"no frames to process in {info.path}")
-                result[s.id] = self._finish(run, out)
-                continue
-            self.observer.step_progress(s.id, 0, n)
-        all_futures = [f for r in running.values() for f in r.futures]
-        for fut, value in as_completed(all_futures, with_results=True, raise_errors=False):
-            run = running[owner[fut.key]]
-            if isinstance(value, BaseException) or fut.status == "error":
-                # One bad batch (a corrupt frame) fails the step, but the others still run
-                # and are kept: the scientist gets every point that could be processed.
-                exc = value if isinstance(value, BaseException) else fut.exception()
-                run.errors.append(_reason(exc))
-            else:
-                indices, values = value
-                out.write(run.step.id, indices, values)
-                run.done += len(indices)
-                self.observer.step_progress(run.step.id, run.done, run.total)
-            run.pending -= 1
-            if run.pending == 0:
-                result[run.step.id] = self._finish(run, out)
+        runs, result = self._start(plan, steps, out, provenance)
+        if not runs:
+            return result
+        follower = None
+        if not plan.scan.finished:
+            first = next(iter(runs.values())).step
+            dataset = str(getattr(first.params, first.cls.source))
+            follower = ScanFollower(plan.scan.path, plan.scan.n_points, dataset)
+            out.start_swmr()  # from here on, readers may follow the processed file
+        try:
+            self._loop(runs, follower, out)
+        finally:
+            if follower is not None:
+                follower.close()
+                out.end_swmr()
+        result.update({sid: run.status for sid, run in runs.items() if run.status})
         return result
 
-    def _finish(self, run: _Running, out: ProcessedFile) -> Status:
+    def _loop(
+        self, runs: dict[str, _Run], follower: ScanFollower | None, out: ProcessedFile
+    ) -> None:
+        results = as_completed(with_results=True, raise_errors=False)
+        owner: dict[str, tuple[_Run, float]] = {}  # future key -> (run, when its points came)
+        complete = max(r.total for r in runs.values())
+        finished = True
+        while any(r.status is None for r in runs.values()):
+            if follower is not None:
+                complete, finished = follower.poll()
+            now = time.monotonic()
+            busy = False
+            for run in runs.values():
+                if run.status is not None:
+                    continue
+                if finished:
+                    run.total = min(run.total, complete)
+                for indices in self._due(run, complete, finished, now):
+                    fut = self.client.submit(
+                        process_batch,
+                        run.task,
+                        indices,
+                        retries=run.step.spec.resources.retries,
+                        pure=False,
+                    )
+                    owner[fut.key] = (run, follower.last_change if follower else now)
+                    results.add(fut)
+                    run.pending += 1
+                    busy = True
+            for fut, value in results.next_batch(block=False) if results.has_ready() else []:
+                busy = True
+                run, came = owner.pop(fut.key)
+                run.pending -= 1
+                if isinstance(value, BaseException) or fut.status == "error":
+                    # One bad batch (a corrupt frame) fails the step, but the others still
+                    # run and are kept: the scientist gets every point that could be processed.
+                    exc = value if isinstance(value, BaseException) else fut.exception()
+                    run.errors.append(_reason(exc))
+                else:
+                    indices, values = value
+                    out.write(run.step.id, indices, values)
+                    run.done += len(indices)
+                    run.lag = time.monotonic() - came if follower else 0.0
+                    self.observer.step_progress(run.step.id, run.progress(complete))
+            for run in runs.values():
+                if run.status is None and run.pending == 0:
+                    if run.submitted >= run.total:
+                        run.status = self._finish(run, out)
+                    elif follower is not None and not finished and self._stalled(run, follower):
+                        run.status = self._fail(out, run.step.id, self._stall_reason(run))
+            if not busy:
+                time.sleep(POLL)
+
+    @staticmethod
+    def _due(run: _Run, complete: int, finished: bool, now: float) -> list[list[int]]:
+        """Batches ready to submit: full ones, and on a live scan a partial one whose points
+        have waited MAX_WAIT (latency matters more than batch size there)."""
+        available = min(complete, run.total) - run.submitted
+        if available <= 0:
+            run.waiting_since = None
+            return []
+        if run.waiting_since is None:
+            run.waiting_since = now
+        batches = []
+        while available >= run.size or (
+            available > 0 and (finished or now - run.waiting_since >= MAX_WAIT)
+        ):
+            n = min(run.size, available)
+            batches.append(list(range(run.submitted, run.submitted + n)))
+            run.submitted += n
+            available -= n
+        if available == 0:
+            run.waiting_since = None
+        return batches
+
+    @staticmethod
+    def _stalled(run: _Run, follower: ScanFollower) -> bool:
+        return follower.idle > run.step.spec.resources.idle_timeout
+
+    @staticmethod
+    def _stall_reason(run: _Run) -> str:
+        timeout = run.step.spec.resources.idle_timeout
+        return (
+            f"{run.done} of {run.total} points processed; the scan's writer stopped: no new "
+            f"frame for {timeout:g} s and no end-of-scan marker"
+        )
+
+    def _finish(self, run: _Run, out: ProcessedFile) -> Status:
         sid = run.step.id
         if run.errors:
             more = (
                 f" (and {len(run.errors) - 1} more failed batches)" if len(run.errors) > 1 else ""
             )
             # Counts first: the LIMS's processingMessage column keeps only 255 characters.
-            message = f"{run.done} of {run.total} points processed; {run.errors[0]}{more}"
-            out.finish_step(sid, "failed", message)
-            self.observer.step_status(sid, Status.FAILED, message)
-            return Status.FAILED
+            return self._fail(
+                out, sid, f"{run.done} of {run.total} points processed; {run.errors[0]}{more}"
+            )
+        if run.total == 0:
+            return self._fail(out, sid, "no frames to process")
         out.finish_step(sid, "success")
         self.observer.step_status(sid, Status.SUCCESS)
         return Status.SUCCESS
+
+
+def _open_step(
+    out: ProcessedFile,
+    s: PlannedStep,
+    provenance: Mapping[str, Mapping[str, Any]],
+    outputs: list[Output],
+) -> None:
+    """The step's NXprocess, written even for a step that fails or is skipped (provenance)."""
+    out.add_step(
+        s.id,
+        sequence_index=s.sequence_index,
+        uses=s.spec.uses,
+        parameters=s.params.model_dump(mode="json"),
+        provenance=provenance.get(s.id, {}),
+        outputs=outputs,
+    )

@@ -653,6 +653,22 @@ class Lims:
         raise LimsError(f"processing program {program_id}: status kept changing, {new} not set")
 
     @_db_call
+    def set_progress(self, program_id: int, text: str) -> bool:
+        """Live status of a running step (e.g. ``progress_text(...)``) as its processingMessage;
+        only while the step is running, so a late update never hides a final message."""
+        with self._write() as conn:
+            result = conn.execute(
+                update(_APP)
+                .where(
+                    _APP.c.autoProcProgramId == program_id,
+                    _APP.c.processingStatus.is_(None),
+                    _APP.c.processingStartTime.is_not(None),
+                )
+                .values(processingMessage=_cut(text, _size(_P.processingMessage)))
+            )
+            return result.rowcount == 1
+
+    @_db_call
     def set_environment(self, program_id: int, env: Mapping[str, Any]) -> None:
         """Record where a step runs: JSON in processingEnvironment (keys that do not fit its 255
         characters are dropped) and the full JSON in an INFO message."""

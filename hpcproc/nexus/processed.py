@@ -29,7 +29,7 @@ from hpcproc.nexus.scan import ScanInfo
 from hpcproc.steps.base import Output
 
 _STR = h5py.string_dtype()
-FLUSH_SECONDS = 0.2  # how stale the file may be for a reader while a job runs
+FLUSH_SECONDS = 0.05  # how stale the file may be for a reader while a job runs
 
 
 def _now() -> str:
@@ -63,6 +63,7 @@ class ProcessedFile:
         self.entry["raw"] = h5py.ExternalLink(str(scan.path), "/entry")
         self._counts: dict[str, int] = {}
         self._flushed = 0.0
+        self._deferred: list[tuple[str, str, str, str]] = []  # finish_step calls under SWMR
 
     def add_step(
         self,
@@ -176,15 +177,43 @@ class ProcessedFile:
             done += take
 
     def finish_step(self, step_id: str, status: str, message: str = "") -> None:
+        """Record how the step ended (deferred to :meth:`end_swmr` while in SWMR mode, where no
+        new field can be created)."""
+        if self.f.swmr_mode:
+            self._deferred.append((step_id, status, message, _now()))
+            return
+        self._write_end(step_id, status, message, _now())
+        self.f.flush()
+
+    def _write_end(self, step_id: str, status: str, message: str, when: str) -> None:
         proc = self.entry[step_id]
         proc["status"][()] = status
         if message:
             proc["message"] = message
-        proc["end_date"] = _now()
+        proc["end_date"] = when
+
+    def start_swmr(self) -> None:
+        """From now on readers may open the file with ``swmr=True`` and follow the progress
+        counters and maps; only values of existing fields can change until :meth:`end_swmr`."""
+        self.f.flush()
+        self.f.swmr_mode = True
+        self._flushed = time.monotonic()
+
+    def end_swmr(self) -> None:
+        """Leave SWMR mode (close and reopen) and write what had to wait for it."""
+        if not self.f.swmr_mode:
+            return
+        self.f.close()
+        self.f = h5py.File(self.path, "r+", libver="latest")
+        self.entry = self.f["entry"]
+        for args in self._deferred:
+            self._write_end(*args)
+        self._deferred.clear()
         self.f.flush()
 
     def close(self) -> None:
         if self.f.id.valid:
+            self.end_swmr()
             self.entry["end_time"] = _now()
             self.f.close()
 

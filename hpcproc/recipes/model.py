@@ -246,6 +246,9 @@ class Resources(_Strict):
     walltime: str | None = None  # "HH:MM:SS"
     env: str | None = None  # environment name (envs/)
     retries: int = Field(default=0, ge=0, le=10)
+    # A live step fails when its scan's writer adds no frame for this long (seconds) and has
+    # not marked the scan finished: a writer that died.
+    idle_timeout: float = Field(default=60.0, gt=0, le=86400)
 
     @field_validator("memory")
     @classmethod
