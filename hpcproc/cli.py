@@ -85,10 +85,10 @@ def _progress() -> Iterator[Any]:
     )
     tasks: dict[str, Any] = {}
 
-    def update(step: str, done: int, total: int) -> None:
+    def update(step: str, done: int, total: int, label: str | None = None) -> None:
         if step not in tasks:
-            tasks[step] = bars.add_task(step, total=total)
-        bars.update(tasks[step], completed=done, total=total)
+            tasks[step] = bars.add_task(label or step, total=total)
+        bars.update(tasks[step], completed=done, total=total, description=label or step)
 
     with bars:
         yield update
@@ -109,20 +109,51 @@ def _progress() -> Iterator[Any]:
 @click.option("--beamline", default="i18", show_default=True)
 @click.option("--visit", default="cm12345-1", show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def simulate(out_dir: Path, map_shape: str, frame_shape: str, **kw: Any) -> None:
+@click.option("--live", is_flag=True, help="Write as a detector does: SWMR, point by point.")
+@click.option("--rate", default=10.0, show_default=True, help="Points per second (with --live).")
+@click.option("--flush-every", default=1, show_default=True, help="Points per flush (--live).")
+@click.option("--pool", type=int, default=None, help="Precompute N points and cycle (--live).")
+def simulate(
+    out_dir: Path,
+    map_shape: str,
+    frame_shape: str,
+    live: bool,
+    rate: float,
+    flush_every: int,
+    pool: int | None,
+    **kw: Any,
+) -> None:
     """Write a simulated I18-like scan (XRD + XRF map), its PONI file and its ground truth."""
-    path = _simulate(out_dir, _shape(map_shape), _shape(frame_shape), **kw)
+    live_cfg = None
+    if live:
+        from hpcproc.nexus.live_writer import LiveConfig
+
+        live_cfg = LiveConfig(rate_hz=rate, flush_every=flush_every, pool=pool)
+    path = _simulate(out_dir, _shape(map_shape), _shape(frame_shape), live=live_cfg, **kw)
     out.print(str(path))
 
 
-def _simulate(out_dir: Path, map_shape: tuple[int, int], frame_shape: tuple[int, int], **kw: Any):
+def _simulate(
+    out_dir: Path,
+    map_shape: tuple[int, int],
+    frame_shape: tuple[int, int],
+    live: Any = None,
+    **kw: Any,
+):
     from hpcproc.nexus.simulator import SimulationConfig, simulate_scan
 
     kw["elements"] = tuple(e.strip() for e in str(kw.get("elements", "Fe,Co,Ni,Cu,Zn")).split(","))
-    cfg = SimulationConfig(map_shape=map_shape, frame_shape=frame_shape, **kw)
+    try:
+        cfg = SimulationConfig(map_shape=map_shape, frame_shape=frame_shape, **kw)
+    except ValueError as exc:
+        raise InputError(f"simulate: {exc}") from None
     with _progress() as update:
-        scan = simulate_scan(out_dir, cfg, progress=lambda d, t: update("simulate", d, t))
-    return scan.path
+        report = lambda d, t: update("simulate", d, t)  # noqa: E731
+        if live is None:
+            return simulate_scan(out_dir, cfg, progress=report).path
+        from hpcproc.nexus.live_writer import write_live_scan
+
+        return write_live_scan(out_dir, cfg, live, progress=report).path
 
 
 # ---------------------------------------------------------------- run
@@ -232,10 +263,16 @@ def demo(
 @click.argument("job", type=int, required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.option("--limit", default=20, show_default=True, help="Jobs to list.")
+@click.option(
+    "--follow", "-f", is_flag=True, help="Live progress bars until JOB (or the newest job) ends."
+)
 @click.pass_context
-def status(ctx: click.Context, job: int | None, as_json: bool, limit: int) -> None:
+def status(ctx: click.Context, job: int | None, as_json: bool, limit: int, follow: bool) -> None:
     """List recent jobs, or show one JOB with its steps, messages and files."""
     lims = _lims(ctx)
+    if follow:
+        _follow(lims, job)
+        return
     if job is None:
         jobs = lims.jobs(limit=limit)
         if as_json:
@@ -266,6 +303,33 @@ def status(ctx: click.Context, job: int | None, as_json: bool, limit: int) -> No
             out.print(f"    {m.severity}: {m.message}", highlight=False)
         for a in s.attachments:
             out.print(f"    file: {a.path}", highlight=False)
+
+
+def _follow(lims: Any, job: int | None, every: float = 0.5) -> None:
+    """Progress bars fed by the LIMS (what any hpcproc process recorded), until the job ends."""
+    import time
+
+    from hpcproc import progress
+
+    if job is None:
+        jobs = lims.jobs(limit=1)
+        if not jobs:
+            raise InputError("no jobs recorded yet")
+        job = jobs[0].id
+    with _progress() as update:
+        while True:
+            record = lims.job(job)
+            for s in record.steps:
+                p = progress.parse(s.message)
+                label = f"{s.step_id} ({s.status})"
+                if p is not None:
+                    update(s.step_id, p.done, p.total, label)
+                elif s.status.final:
+                    update(s.step_id, 1, 1, label)
+            if record.status.final:
+                break
+            time.sleep(every)
+    out.print(f"job {record.id} {record.recipe}: {record.status}", highlight=False)
 
 
 def _plain(record: Any) -> Any:

@@ -111,12 +111,34 @@ def open_h5(path: str | Path) -> tuple[h5py.File, bool]:
     except OSError as e:
         first = e
     reason = _why(first)
-    if "truncated" in reason or "signature" in reason:
+    truncated = "truncated" in reason or "signature" in reason
+    # A live SWMR writer extends the file between its flushes, so a plain open may see it
+    # "truncated" for a moment: the superblock's SWMR-write flag tells that case apart.
+    if truncated and not _swmr_write_flag(p):
         raise ScanError(f"{p}: not a readable HDF5 file (truncated or corrupt?): {reason}")
     try:
         return h5py.File(p, "r", swmr=True), True
     except OSError as e:
         raise ScanError(f"{p}: not a readable HDF5 file (truncated or corrupt?): {reason}") from e
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_SWMR_WRITE = 0x04  # superblock v2+ file consistency flag: opened for SWMR writing
+
+
+def _swmr_write_flag(path: Path) -> bool:
+    """True when the file's superblock (v2+, at offset 0) says a SWMR writer has it open."""
+    try:
+        with open(path, "rb") as fd:
+            head = fd.read(12)
+    except OSError:
+        return False
+    return (
+        len(head) == 12
+        and head[:8] == _HDF5_SIGNATURE
+        and head[8] >= 2
+        and bool(head[11] & _SWMR_WRITE)
+    )
 
 
 @contextmanager
@@ -346,8 +368,8 @@ def _read(f: h5py.File, p: Path) -> ScanInfo:
         shape, axes = (int(sig.shape[0]),), ("point",)
     if axes is None or len(axes) != len(shape):
         axes = _nxdata_axes(entry, len(shape))
-    if finished is None:
-        finished = _text(entry, "end_time") is not None
+    if finished is None:  # no scan_finished: a non-empty end_time (live writers pre-create it)
+        finished = bool(_text(entry, "end_time"))
 
     axis_values: dict[str, tuple[float, ...]] = {}
     axis_units: dict[str, str] = {}
