@@ -66,7 +66,8 @@ class _LimsRecorder:
         if self.progress is not None:
             self.progress(step_id, progress.done, progress.total)
         now = time.monotonic()
-        if now - self._last.get(step_id, 0.0) >= self.LIMS_EVERY:
+        last = progress.done >= progress.total  # the final count is always recorded
+        if last or now - self._last.get(step_id, 0.0) >= self.LIMS_EVERY:
             self._last[step_id] = now
             self.lims.set_progress(self.programs[step_id], progress.text())
 

@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
+from hpcproc import progress
 from hpcproc.jobs import run_job
 from hpcproc.recipes import load_recipe
 
@@ -106,11 +107,12 @@ def _start_viewer(processed: Path, n: int, limit: float = 120) -> subprocess.Pop
 def test_live_result_equals_offline_processing(tmp_path, client, lims):
     """Writer and viewer are separate processes; hpcproc runs here on a warm LocalCluster, as
     the launcher service would, so it follows the scan from its first points."""
-    writer, scan = _start_writer(tmp_path / "data", rate=12)
+    writer, scan = _start_writer(tmp_path / "data", rate=12, shape="10x12")
     recipe = tmp_path / "live-both.yaml"
     recipe.write_text(RECIPE % {"timeout": 30})
     processed = scan.parent / "processed" / f"{scan.stem}-live-both-job1.nxs"
-    viewer = _start_viewer(processed, N)
+    n = 120
+    viewer = _start_viewer(processed, n)
     with ThreadPoolExecutor(1) as pool:
         job = pool.submit(run_job, load_recipe(recipe), scan, {}, lims=lims, client=client)
         seen = [json.loads(line) for line in viewer.stdout]
@@ -118,10 +120,11 @@ def test_live_result_equals_offline_processing(tmp_path, client, lims):
     assert writer.wait(60) == 0, writer.stderr.read()
     assert outcome.processed == processed
     assert outcome.steps == {"integrate": "success", "windows": "success"}
-    # The viewer saw the map fill in: several partial states, each one consistent.
-    assert len({p for p, _, _ in seen if 0 < p < N}) >= 2, seen
-    assert all(ok and finite <= N for _, finite, ok in seen), seen
-    assert seen[-1][:2] == [N, N]
+    # The viewer saw the map fill in: several partial states, each one consistent: every
+    # point the progress counter promises is there, whole.
+    assert len({p for p, _, _ in seen if 0 < p < n}) >= 2, seen
+    assert all(ok and progress <= finite <= n for progress, finite, ok in seen), seen
+    assert seen[-1][:2] == [n, n]
 
     # Offline processing of the closed file gives the same numbers.
     offline = run_job(load_recipe(recipe), scan, {}, lims=lims, client=client)
@@ -131,8 +134,11 @@ def test_live_result_equals_offline_processing(tmp_path, client, lims):
             assert np.isfinite(live).all()
             np.testing.assert_allclose(live, off, rtol=1e-5, err_msg=key)
         assert live_f["entry/integrate/status"][()].decode() == "success"
-    # The LIMS had live status while the scan ran, then the final state.
-    assert lims.job(outcome.job_id).steps[0].status == "success"
+    # The LIMS kept the live status (the last one: all points written and processed).
+    step = lims.job(outcome.job_id).steps[0]
+    assert step.status == "success"
+    last = progress.parse(step.message)
+    assert last is not None and (last.done, last.written, last.total) == (n, n, n)
 
 
 def test_writer_killed_mid_scan_fails_the_step_and_keeps_the_rest(tmp_path):
@@ -150,6 +156,14 @@ def test_writer_killed_mid_scan_fails_the_step_and_keeps_the_rest(tmp_path):
             pass
         time.sleep(0.1)
     assert progress >= 8, "the live job never got going"
+    env = {**os.environ, "HPCPROC_HOME": str(tmp_path / "home")}
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "hpcproc.cli", "status", "--follow"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     writer.send_signal(signal.SIGKILL)
     writer.wait(10)
     assert hpc.wait(60) == 1, hpc.stderr.read()
@@ -164,9 +178,12 @@ def test_writer_killed_mid_scan_fails_the_step_and_keeps_the_rest(tmp_path):
         finite = np.isfinite(proc["integrated/I"][()].reshape(480, -1)).all(axis=1)
         assert finite.sum() == done  # everything processed before the writer died is there
         assert finite[:done].all()
+    # `status --follow` showed the live job until it ended, then said how.
+    assert follow.wait(30) == 0, follow.stderr.read()
+    assert "job 1 live-both: failed" in follow.stdout.read()
     status = subprocess.run(
         [sys.executable, "-m", "hpcproc.cli", "status", "1", "--json"],
-        env={**os.environ, "HPCPROC_HOME": str(tmp_path / "home")},
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,

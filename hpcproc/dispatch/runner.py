@@ -12,6 +12,7 @@ for longer than the step's ``idle_timeout``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -28,6 +29,8 @@ from hpcproc.nexus.processed import ProcessedFile
 from hpcproc.progress import Progress
 from hpcproc.status import Status
 from hpcproc.steps.base import FrameStep, Output
+
+log = logging.getLogger(__name__)
 
 BATCH_BYTES = 16 * 2**20  # raw bytes read per task: large enough to amortise ~2 ms per task
 MAX_BATCH = 256
@@ -130,6 +133,8 @@ class Dispatcher:
         """Build every step of the wave on a worker (all at once) and open its NXprocess."""
         result: dict[str, Status] = {}
         described = {}
+        workers = list(self.client.scheduler_info(n_workers=-1)["workers"])
+        n_workers = max(1, len(workers))
         for s in steps:
             if not issubclass(s.cls, FrameStep):
                 _open_step(out, s, provenance, [])
@@ -139,12 +144,17 @@ class Dispatcher:
                 continue
             self.observer.step_status(s.id, Status.RUNNING)
             task = StepTask(s.spec.uses, json.dumps(s.params.model_dump(mode="json")), plan.scan)
-            described[s.id] = (s, task, self.client.submit(step_outputs, task, pure=False))
-        n_workers = max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+            # Build the step on every worker at once (pyFAI's engine takes seconds to build):
+            # a live scan's first points then find every worker ready.
+            described[s.id] = (
+                s,
+                task,
+                [self.client.submit(step_outputs, task, workers=[w], pure=False) for w in workers],
+            )
         runs = {}
-        for sid, (s, task, fut) in described.items():
+        for sid, (s, task, futs) in described.items():
             try:
-                specs = fut.result()
+                specs = self.client.gather(futs)[0]
             except Exception as exc:  # the step could not even be built: bad geometry etc.
                 _open_step(out, s, provenance, [])
                 result[sid] = self._fail(out, sid, _reason(exc))
@@ -210,6 +220,7 @@ class Dispatcher:
                         pure=False,
                     )
                     owner[fut.key] = (run, follower.last_change if follower else now)
+                    log.debug("%s: submitted points %d..%d", run.step.id, indices[0], indices[-1])
                     results.add(fut)
                     run.pending += 1
                     busy = True
@@ -227,6 +238,7 @@ class Dispatcher:
                     out.write(run.step.id, indices, values)
                     run.done += len(indices)
                     run.lag = time.monotonic() - came if follower else 0.0
+                    log.debug("%s: %d points back, lag %.3f s", run.step.id, len(indices), run.lag)
                     self.observer.step_progress(run.step.id, run.progress(complete))
             for run in runs.values():
                 if run.status is None and run.pending == 0:

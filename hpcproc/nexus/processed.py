@@ -148,11 +148,17 @@ class ProcessedFile:
                     block = values[run[part]]
                     proc[key][where] = block.reshape(*lead, *block.shape[1:])
         self._counts[step_id] += len(indices)
-        proc["progress"][()] = self._counts[step_id]
-        now = time.monotonic()
-        if now - self._flushed >= FLUSH_SECONDS:  # a flush per batch would cost more than it shows
-            self.f.flush()
-            self._flushed = now
+        if time.monotonic() - self._flushed >= FLUSH_SECONDS:  # not per batch: flushes cost
+            self.flush()
+
+    def flush(self) -> None:
+        """Publish to readers: the data first, then the progress counters, so a reader that
+        sees a counter of N also sees the results of those N points."""
+        self.f.flush()
+        for step_id, count in self._counts.items():
+            self.entry[step_id]["progress"][()] = count
+        self.f.flush()
+        self._flushed = time.monotonic()
 
     def _slices(self, first: int, n: int) -> Iterator[tuple[tuple, slice, tuple[int, ...]]]:
         """Dataset selections covering flat points [first, first + n), as few as possible: a
@@ -179,6 +185,7 @@ class ProcessedFile:
     def finish_step(self, step_id: str, status: str, message: str = "") -> None:
         """Record how the step ended (deferred to :meth:`end_swmr` while in SWMR mode, where no
         new field can be created)."""
+        self.flush()
         if self.f.swmr_mode:
             self._deferred.append((step_id, status, message, _now()))
             return
@@ -195,9 +202,8 @@ class ProcessedFile:
     def start_swmr(self) -> None:
         """From now on readers may open the file with ``swmr=True`` and follow the progress
         counters and maps; only values of existing fields can change until :meth:`end_swmr`."""
-        self.f.flush()
+        self.flush()
         self.f.swmr_mode = True
-        self._flushed = time.monotonic()
 
     def end_swmr(self) -> None:
         """Leave SWMR mode (close and reopen) and write what had to wait for it."""
