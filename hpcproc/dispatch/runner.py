@@ -190,7 +190,6 @@ class Dispatcher:
         finally:
             if follower is not None:
                 follower.close()
-                out.end_swmr()
         result.update({sid: run.status for sid, run in runs.items() if run.status})
         return result
 

@@ -28,8 +28,8 @@ from hpcproc import __version__
 from hpcproc.nexus.scan import ScanInfo
 from hpcproc.steps.base import Output
 
-_STR = h5py.string_dtype()
 FLUSH_SECONDS = 0.05  # how stale the file may be for a reader while a job runs
+MESSAGE_BYTES = 1024
 
 
 def _now() -> str:
@@ -58,12 +58,12 @@ class ProcessedFile:
         self.entry["program_name"] = "hpcproc"
         self.entry["program_name"].attrs["version"] = __version__
         self.entry["start_time"] = _now()
+        _text_field(self.entry, "end_time", 32)
         self.entry["experiment_identifier"] = scan.visit or ""
         # An external link lets a viewer browse the raw scan from the processed file.
         self.entry["raw"] = h5py.ExternalLink(str(scan.path), "/entry")
         self._counts: dict[str, int] = {}
         self._flushed = 0.0
-        self._deferred: list[tuple[str, str, str, str]] = []  # finish_step calls under SWMR
 
     def add_step(
         self,
@@ -76,13 +76,19 @@ class ProcessedFile:
         outputs: list[Output],
     ) -> None:
         """Create the step's NXprocess with its provenance and empty NXdata for its outputs."""
+        if self.f.swmr_mode:
+            self._leave_swmr()
         proc = self.entry.create_group(step_id)
         proc.attrs["NX_class"] = "NXprocess"
         proc["program"] = f"hpcproc {uses}"
         proc["version"] = __version__
         proc["date"] = _now()
         proc["sequence_index"] = np.int32(sequence_index)
-        proc["status"] = np.array("running", dtype=_STR)
+        # Fields a step fills in when it ends exist from the start, fixed-size: in SWMR mode
+        # values can change but no field can be created.
+        _text_field(proc, "status", 16)[()] = b"running"
+        _text_field(proc, "message", MESSAGE_BYTES)
+        _text_field(proc, "end_date", 32)
         proc.create_dataset("progress", data=np.int64(0))
         params = proc.create_group("parameters")
         params.attrs["NX_class"] = "NXparameters"
@@ -183,44 +189,31 @@ class ProcessedFile:
             done += take
 
     def finish_step(self, step_id: str, status: str, message: str = "") -> None:
-        """Record how the step ended (deferred to :meth:`end_swmr` while in SWMR mode, where no
-        new field can be created)."""
+        """Record how the step ended (in place: allowed while readers follow in SWMR mode)."""
         self.flush()
-        if self.f.swmr_mode:
-            self._deferred.append((step_id, status, message, _now()))
-            return
-        self._write_end(step_id, status, message, _now())
-        self.f.flush()
-
-    def _write_end(self, step_id: str, status: str, message: str, when: str) -> None:
         proc = self.entry[step_id]
-        proc["status"][()] = status
-        if message:
-            proc["message"] = message
-        proc["end_date"] = when
+        proc["status"][()] = status.encode()
+        proc["message"][()] = _fit(message, MESSAGE_BYTES)
+        proc["end_date"][()] = _now().encode()
+        self.flush()
 
     def start_swmr(self) -> None:
         """From now on readers may open the file with ``swmr=True`` and follow the progress
-        counters and maps; only values of existing fields can change until :meth:`end_swmr`."""
+        counters and maps; only values of existing fields change while in SWMR mode."""
         self.flush()
         self.f.swmr_mode = True
 
-    def end_swmr(self) -> None:
-        """Leave SWMR mode (close and reopen) and write what had to wait for it."""
-        if not self.f.swmr_mode:
-            return
+    def _leave_swmr(self) -> None:
+        """Reopen without SWMR, to add steps after a live phase. Readers may still hold the
+        file (SWMR readers take a lock), so this open does not lock; they should reopen to see
+        the new steps."""
         self.f.close()
-        self.f = h5py.File(self.path, "r+", libver="latest")
+        self.f = h5py.File(self.path, "r+", libver="latest", locking=False)
         self.entry = self.f["entry"]
-        for args in self._deferred:
-            self._write_end(*args)
-        self._deferred.clear()
-        self.f.flush()
 
     def close(self) -> None:
         if self.f.id.valid:
-            self.end_swmr()
-            self.entry["end_time"] = _now()
+            self.entry["end_time"][()] = _now().encode()
             self.f.close()
 
     def __enter__(self) -> ProcessedFile:
@@ -228,6 +221,16 @@ class ProcessedFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _text_field(group: h5py.Group, name: str, size: int) -> h5py.Dataset:
+    """An empty fixed-length text field (NX_CHAR) to be filled in later."""
+    return group.create_dataset(name, shape=(), dtype=f"S{size}")
+
+
+def _fit(text: str, size: int) -> bytes:
+    """UTF-8 ``text`` cut to ``size`` bytes without splitting a character."""
+    return text.encode()[:size].decode(errors="ignore").encode()
 
 
 def _to_nexus(value: Any) -> Any:
