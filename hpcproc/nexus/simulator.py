@@ -10,6 +10,11 @@ Frames and spectra are compressed here with python-blosc (blosc1 framing, the on
 Blosc filter 32001 reads) and stored with ``write_direct_chunk``; the datasets are declared with
 ``hdf5plugin.Blosc`` so any h5py + hdf5plugin user reads them with ordinary slicing.
 
+The pieces are shared with the live SWMR writer (:mod:`hpcproc.nexus.live_writer`):
+:class:`ScanModel` (physics, truth, ``make_point(i)``, compressed ``point_chunks(i)``),
+:func:`write_layout` (the NeXus tree and detector datasets), :func:`write_scan_group`
+(``diamond_scan``) and :func:`write_point` (direct-chunk store of one point).
+
 Physics, kept simple but exact (the truth file is the model, noise-free):
 
 * XRD: CeO2-like fcc rings (a = 5.4113 Å) at 17 keV on an Excalibur-3M-sized detector 0.15 m away,
@@ -39,7 +44,17 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-__all__ = ["CEO2_A", "SimulatedScan", "SimulationConfig", "simulate_scan"]
+__all__ = [
+    "CEO2_A",
+    "ScanModel",
+    "SimulatedScan",
+    "SimulationConfig",
+    "scan_paths",
+    "simulate_scan",
+    "write_layout",
+    "write_point",
+    "write_scan_group",
+]
 
 # --- constants -------------------------------------------------------------------------------
 HC_KEV_A = 12.398419843320026  # h*c in keV*Å
@@ -344,6 +359,123 @@ def _xrf_model(cfg: SimulationConfig, rng: np.random.Generator) -> dict[str, Any
     }
 
 
+# --- the scan model: physics + truth, shared by the offline and the live writer ---------------
+class ScanModel:
+    """Everything a scan is made from, built once; :meth:`make_point` is deterministic.
+
+    ``make_point(i)`` depends only on the configuration (seed included) and ``i``, so any writer
+    (offline :func:`simulate_scan`, the live SWMR writer) produces the same point ``i`` for the
+    same configuration, in any order and on any thread.
+    """
+
+    def __init__(self, cfg: SimulationConfig, scan_file_name: str) -> None:
+        self.cfg = cfg
+        ny, nx = cfg.map_shape
+        rng = np.random.default_rng(cfg.seed)
+        self.geom = geom = _geometry(cfg)
+        wavelength_a = geom["wavelength_m"] * 1e10
+        truth: dict[str, Any] = {
+            "scan": {
+                "file": scan_file_name,
+                "shape": [ny, nx],
+                "axes": ["y", "x"],
+                "step_mm": STEP_MM,
+            },
+            "seed": cfg.seed,
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+            "energy_keV": cfg.energy_kev,
+            "wavelength_m": geom["wavelength_m"],
+            "wavelength_A": wavelength_a,
+            "flip_ud": cfg.flip_ud,
+        }
+        self.ring_img: np.ndarray | None = None
+        self.bg_img: np.ndarray | None = None
+        self.ai: Any = None
+        phase = _phase_map(cfg.map_shape)
+        if cfg.xrd:
+            self.ring_img, self.bg_img, rings, sigma_deg, self.ai = _xrd_templates(cfg, geom)
+            truth["geometry"] = {k: v for k, v in geom.items() if k != "wavelength_m"}
+            truth["geometry"]["detector"] = (
+                "Excalibur 3M physical size, pixels scaled to frame_shape"
+            )
+            truth["rings"] = rings
+            truth["ring_sigma_deg"] = sigma_deg
+            truth["ring_peak_counts"] = RING_PEAK_COUNTS
+            truth["xrd_background"] = "a + b*exp(-2theta_deg/c), (a, b, c) = " + str(XRD_BACKGROUND)
+            truth["phase_intensity"] = phase.tolist()
+        self.xrf: dict[str, Any] | None = _xrf_model(cfg, rng) if cfg.xrf else None
+        self.conc: np.ndarray | None = None
+        if self.xrf is not None:
+            truth["xrf"] = {
+                "channels": cfg.channels,
+                "bins": cfg.bins,
+                "energy_offset_eV": self.xrf["offset"].tolist(),
+                "energy_gain_eV": self.xrf["gain"].tolist(),
+                "fwhm_eV": XRF_FWHM_EV,
+                "elastic_eV": cfg.energy_kev * 1000.0,
+                "elements": self.xrf["elements"],
+            }
+            self.conc = np.stack([p.ravel() for p in self.xrf["patterns"]], axis=1)  # (N, n_el)
+        self.phase_flat = phase.ravel()
+        self.truth = truth
+
+    def make_point(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(frame (H, W) uint16 | None, spectrum (C, B) uint32 | None)`` of point ``i``."""
+        cfg = self.cfg
+        frame = spectrum = None
+        if self.ring_img is not None:
+            r = np.random.default_rng([cfg.seed, 1, i])
+            lam = self.ring_img * np.float32(self.phase_flat[i])
+            lam += self.bg_img
+            frame = r.poisson(lam).astype(np.uint16)  # counts << 65535
+            if cfg.flip_ud:
+                frame = np.ascontiguousarray(frame[::-1])
+        if self.xrf is not None:
+            r = np.random.default_rng([cfg.seed, 2, i])
+            lam = np.tensordot(self.conc[i], self.xrf["templates"], axes=1) + self.xrf["fixed"]
+            spectrum = r.poisson(lam).astype(np.uint32)
+        return frame, spectrum
+
+    def point_chunks(self, i: int) -> tuple[bytes | None, bytes | None]:
+        """Point ``i`` as the compressed chunks stored by ``write_direct_chunk`` (blosc1)."""
+        frame, spectrum = self.make_point(i)
+        return (
+            _compress(frame) if frame is not None else None,
+            _compress(spectrum) if spectrum is not None else None,
+        )
+
+    def write_poni(self, path: Path) -> None:
+        from pyFAI.io.ponifile import PoniFile
+
+        with open(path, "w") as fd:
+            PoniFile(self.ai).write(fd)
+
+    def write_truth(self, path: Path) -> None:
+        with open(path, "w") as fd:
+            json.dump(self.truth, fd, indent=1)
+
+
+def ordered_map(fn: Callable[[int], Any], indices: range, workers: int | None = None):
+    """``fn(i)`` for each index, yielded in order, computed on a small thread pool.
+
+    numpy's Poisson sampling releases the GIL; the look-ahead is bounded (2 x workers).
+    """
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        it = iter(indices)
+        for i in it:
+            pending.append(pool.submit(fn, i))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(fn, nxt))
+            yield result
+
+
 # --- writing -----------------------------------------------------------------------------------
 def _blosc_kwargs() -> dict[str, Any]:
     return dict(**hdf5plugin.Blosc(shuffle=hdf5plugin.Blosc.BITSHUFFLE, **COMPRESSION))
@@ -377,83 +509,29 @@ def _iso(t: datetime) -> str:
     return t.isoformat(timespec="milliseconds")
 
 
-def simulate_scan(
-    out_dir: Path | str,
-    config: SimulationConfig | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> SimulatedScan:
-    """Write a simulated scan (+ PONI + truth) into ``out_dir``; ``progress(done, total)``."""
-    cfg = config if config is not None else SimulationConfig()
+def scan_paths(out_dir: Path | str, cfg: SimulationConfig) -> tuple[Path, Path | None, Path]:
+    """``(scan .nxs, PONI or None, truth JSON)`` paths of a scan in ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{cfg.stem}.nxs"
-    truth_path = out / f"{cfg.stem}.truth.json"
-    poni_path = out / f"{cfg.stem}.poni" if cfg.xrd else None
+    return (
+        out / f"{cfg.stem}.nxs",
+        out / f"{cfg.stem}.poni" if cfg.xrd else None,
+        out / f"{cfg.stem}.truth.json",
+    )
 
+
+def write_layout(
+    f: h5py.File, model: ScanModel, path: Path, start: datetime, n_frames: int
+) -> dict[str, h5py.Dataset]:
+    """Write the scan's NeXus tree except ``diamond_scan`` and ``end_time``.
+
+    Detector datasets (one frame per chunk, Blosc filter declared, resizable along the points
+    axis) are created with ``n_frames`` points: the scan's total offline, 0 for a live writer.
+    Returns them by detector name ("excalibur", "xspress3").
+    """
+    cfg = model.cfg
+    geom = model.geom
     ny, nx = cfg.map_shape
-    n = cfg.n_points
     h, w = cfg.frame_shape
-    rng = np.random.default_rng(cfg.seed)
-    geom = _geometry(cfg)
-    wavelength_a = geom["wavelength_m"] * 1e10
-
-    truth: dict[str, Any] = {
-        "scan": {"file": path.name, "shape": [ny, nx], "axes": ["y", "x"], "step_mm": STEP_MM},
-        "seed": cfg.seed,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-        "energy_keV": cfg.energy_kev,
-        "wavelength_m": geom["wavelength_m"],
-        "wavelength_A": wavelength_a,
-        "flip_ud": cfg.flip_ud,
-    }
-
-    ring_img = bg_img = None
-    phase = _phase_map(cfg.map_shape)
-    if cfg.xrd:
-        ring_img, bg_img, rings, sigma_deg, ai = _xrd_templates(cfg, geom)
-        with open(poni_path, "w") as fd:
-            from pyFAI.io.ponifile import PoniFile
-
-            PoniFile(ai).write(fd)
-        truth["geometry"] = {k: v for k, v in geom.items() if k != "wavelength_m"}
-        truth["geometry"]["detector"] = "Excalibur 3M physical size, pixels scaled to frame_shape"
-        truth["rings"] = rings
-        truth["ring_sigma_deg"] = sigma_deg
-        truth["ring_peak_counts"] = RING_PEAK_COUNTS
-        truth["xrd_background"] = "a + b*exp(-2theta_deg/c), (a, b, c) = " + str(XRD_BACKGROUND)
-        truth["phase_intensity"] = phase.tolist()
-
-    xrf = _xrf_model(cfg, rng) if cfg.xrf else None
-    if xrf is not None:
-        truth["xrf"] = {
-            "channels": cfg.channels,
-            "bins": cfg.bins,
-            "energy_offset_eV": xrf["offset"].tolist(),
-            "energy_gain_eV": xrf["gain"].tolist(),
-            "fwhm_eV": XRF_FWHM_EV,
-            "elastic_eV": cfg.energy_kev * 1000.0,
-            "elements": xrf["elements"],
-        }
-        conc = np.stack([p.ravel() for p in xrf["patterns"]], axis=1)  # (N, n_el)
-
-    phase_flat = phase.ravel()
-
-    def make_point(i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-        frame = spectrum = None
-        if ring_img is not None:
-            r = np.random.default_rng([cfg.seed, 1, i])
-            lam = ring_img * np.float32(phase_flat[i])
-            lam += bg_img
-            frame = r.poisson(lam).astype(np.uint16)  # counts << 65535
-            if cfg.flip_ud:
-                frame = np.ascontiguousarray(frame[::-1])
-        if xrf is not None:
-            r = np.random.default_rng([cfg.seed, 2, i])
-            lam = np.tensordot(conc[i], xrf["templates"], axes=1) + xrf["fixed"]
-            spectrum = r.poisson(lam).astype(np.uint32)
-        return frame, spectrum
-
-    start = datetime.now(UTC).astimezone()
     ys = np.repeat(np.round(np.arange(ny) * STEP_MM, 9), nx)
     xs = np.tile(np.round(np.arange(nx) * STEP_MM, 9), ny)
     detectors = (["excalibur"] if cfg.xrd else []) + (["xspress3"] if cfg.xrf else [])
@@ -462,90 +540,115 @@ def simulate_scan(
         f"{STEP_MM:g} " + " ".join(detectors)
     )
 
+    f.attrs["NX_class"] = "NXroot"
+    f.attrs["default"] = "entry"
+    f.attrs["creator"] = "hpcproc simulator"
+    f.attrs["file_name"] = str(path.absolute())
+    f.attrs["file_time"] = _iso(start)
+    f.attrs["HDF5_Version"] = h5py.version.hdf5_version
+    f.attrs["h5py_version"] = h5py.version.version
+    entry = _nx_group(f, "entry", "NXentry")
+    entry.attrs["default"] = detectors[0]
+    _field(entry, "title", f"Simulated map {ny}x{nx} ({', '.join(detectors)})")
+    _field(entry, "scan_command", scan_command)
+    _field(entry, "start_time", _iso(start))
+    _field(entry, "experiment_identifier", cfg.visit)
+    _field(entry, "entry_identifier", str(cfg.scan_number))
+    _field(entry, "program_name", "hpcproc simulator")
+
+    inst = _nx_group(entry, "instrument", "NXinstrument")
+    _field(inst, "name", cfg.beamline)
+    beam = _nx_group(inst, "beam", "NXbeam")
+    _field(beam, "incident_energy", cfg.energy_kev, "keV")
+    _field(beam, "incident_wavelength", geom["wavelength_m"] * 1e10, "angstrom")
+
+    sample = _nx_group(entry, "sample", "NXsample")
+    _field(sample, "name", "simulated CeO2 + Fe/Co/Ni/Cu/Zn map")
+    _field(sample, "y", ys, "mm")
+    _field(sample, "x", xs, "mm")
+
+    dsets: dict[str, h5py.Dataset] = {}
+    if cfg.xrd:
+        det = _nx_group(inst, "excalibur", "NXdetector")
+        dsets["excalibur"] = det.create_dataset(
+            "data",
+            shape=(n_frames, h, w),
+            maxshape=(None, h, w),
+            dtype=np.uint16,
+            chunks=(1, h, w),
+            **_blosc_kwargs(),
+        )
+        _field(det, "x_pixel_size", geom["pixel2_m"], "m")
+        _field(det, "y_pixel_size", geom["pixel1_m"], "m")
+        _field(det, "distance", geom["distance_m"], "m")
+        _field(det, "beam_center_x", geom["poni2_m"] / geom["pixel2_m"], "pixel")
+        _field(det, "beam_center_y", geom["poni1_m"] / geom["pixel1_m"], "pixel")
+        _field(det, "description", "Excalibur 3M (simulated)")
+    if cfg.xrf:
+        xrf = model.xrf
+        det = _nx_group(inst, "xspress3", "NXdetector")
+        dsets["xspress3"] = det.create_dataset(
+            "data",
+            shape=(n_frames, cfg.channels, cfg.bins),
+            maxshape=(None, cfg.channels, cfg.bins),
+            dtype=np.uint32,
+            chunks=(1, cfg.channels, cfg.bins),
+            **_blosc_kwargs(),
+        )
+        _field(det, "energy_offset", xrf["offset"], "eV")
+        _field(det, "energy_gain", xrf["gain"], "eV")
+        _field(det, "description", "Xspress3 (simulated)")
+    for name, d in dsets.items():
+        nxdata = _nx_group(entry, name, "NXdata")
+        nxdata.attrs["signal"] = "data"
+        nxdata["data"] = d  # hard link
+    return dsets
+
+
+def write_scan_group(entry: h5py.Group, cfg: SimulationConfig) -> h5py.Group:
+    """``entry/diamond_scan`` with scan_shape and scan_axes (what both writers share)."""
+    ny, nx = cfg.map_shape
+    ds = _nx_group(entry, "diamond_scan", "NXcollection")
+    _field(ds, "scan_shape", np.array([ny, nx], dtype=np.int64))
+    ds.create_dataset("scan_axes", data=["y", "x"], dtype=h5py.string_dtype("utf-8"))
+    return ds
+
+
+def write_point(dsets: dict[str, h5py.Dataset], i: int, chunks: tuple[Any, Any]) -> None:
+    """Store point ``i``'s compressed chunks ``(frame, spectrum)`` (None: no such detector)."""
+    frame, spectrum = chunks
+    if frame is not None:
+        dsets["excalibur"].id.write_direct_chunk((i, 0, 0), frame)
+    if spectrum is not None:
+        dsets["xspress3"].id.write_direct_chunk((i, 0, 0), spectrum)
+
+
+def simulate_scan(
+    out_dir: Path | str,
+    config: SimulationConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SimulatedScan:
+    """Write a simulated scan (+ PONI + truth) into ``out_dir``; ``progress(done, total)``."""
+    cfg = config if config is not None else SimulationConfig()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    path, poni_path, truth_path = scan_paths(out_dir, cfg)
+    n = cfg.n_points
+
+    model = ScanModel(cfg, path.name)
+    if poni_path is not None:
+        model.write_poni(poni_path)
+
+    start = datetime.now(UTC).astimezone()
     with h5py.File(path, "w", libver="latest") as f:
-        f.attrs["NX_class"] = "NXroot"
-        f.attrs["default"] = "entry"
-        f.attrs["creator"] = "hpcproc simulator"
-        f.attrs["file_name"] = str(path.absolute())
-        f.attrs["file_time"] = _iso(start)
-        f.attrs["HDF5_Version"] = h5py.version.hdf5_version
-        f.attrs["h5py_version"] = h5py.version.version
-        entry = _nx_group(f, "entry", "NXentry")
-        entry.attrs["default"] = detectors[0]
-        _field(entry, "title", f"Simulated map {ny}x{nx} ({', '.join(detectors)})")
-        _field(entry, "scan_command", scan_command)
-        _field(entry, "start_time", _iso(start))
-        _field(entry, "experiment_identifier", cfg.visit)
-        _field(entry, "entry_identifier", str(cfg.scan_number))
-        _field(entry, "program_name", "hpcproc simulator")
+        dsets = write_layout(f, model, path, start, n)
+        entry = f["entry"]
+        # points generated (and compressed) on a small thread pool, stored here in order
+        for i, chunks in enumerate(ordered_map(model.point_chunks, range(n))):
+            write_point(dsets, i, chunks)
+            if progress is not None:
+                progress(i + 1, n)
 
-        inst = _nx_group(entry, "instrument", "NXinstrument")
-        _field(inst, "name", cfg.beamline)
-        beam = _nx_group(inst, "beam", "NXbeam")
-        _field(beam, "incident_energy", cfg.energy_kev, "keV")
-        _field(beam, "incident_wavelength", wavelength_a, "angstrom")
-
-        sample = _nx_group(entry, "sample", "NXsample")
-        _field(sample, "name", "simulated CeO2 + Fe/Co/Ni/Cu/Zn map")
-        _field(sample, "y", ys, "mm")
-        _field(sample, "x", xs, "mm")
-
-        dsets: dict[str, h5py.Dataset] = {}
-        if cfg.xrd:
-            det = _nx_group(inst, "excalibur", "NXdetector")
-            dsets["excalibur"] = det.create_dataset(
-                "data",
-                shape=(n, h, w),
-                maxshape=(None, h, w),
-                dtype=np.uint16,
-                chunks=(1, h, w),
-                **_blosc_kwargs(),
-            )
-            _field(det, "x_pixel_size", geom["pixel2_m"], "m")
-            _field(det, "y_pixel_size", geom["pixel1_m"], "m")
-            _field(det, "distance", geom["distance_m"], "m")
-            _field(det, "beam_center_x", geom["poni2_m"] / geom["pixel2_m"], "pixel")
-            _field(det, "beam_center_y", geom["poni1_m"] / geom["pixel1_m"], "pixel")
-            _field(det, "description", "Excalibur 3M (simulated)")
-        if cfg.xrf:
-            det = _nx_group(inst, "xspress3", "NXdetector")
-            dsets["xspress3"] = det.create_dataset(
-                "data",
-                shape=(n, cfg.channels, cfg.bins),
-                maxshape=(None, cfg.channels, cfg.bins),
-                dtype=np.uint32,
-                chunks=(1, cfg.channels, cfg.bins),
-                **_blosc_kwargs(),
-            )
-            _field(det, "energy_offset", xrf["offset"], "eV")
-            _field(det, "energy_gain", xrf["gain"], "eV")
-            _field(det, "description", "Xspress3 (simulated)")
-        for name, d in dsets.items():
-            nxdata = _nx_group(entry, name, "NXdata")
-            nxdata.attrs["signal"] = "data"
-            nxdata["data"] = d  # hard link
-
-        # generate points on a small thread pool (numpy's Poisson releases the GIL), in order,
-        # with a bounded look-ahead; compress and store each chunk here.
-        workers = max(1, min(4, os.cpu_count() or 1))
-        with ThreadPoolExecutor(workers) as pool:
-            pending: deque = deque()
-            nxt = 0
-            for i in range(n):
-                while nxt < n and len(pending) < 2 * workers:
-                    pending.append(pool.submit(make_point, nxt))
-                    nxt += 1
-                frame, spectrum = pending.popleft().result()
-                if frame is not None:
-                    dsets["excalibur"].id.write_direct_chunk((i, 0, 0), _compress(frame))
-                if spectrum is not None:
-                    dsets["xspress3"].id.write_direct_chunk((i, 0, 0), _compress(spectrum))
-                if progress is not None:
-                    progress(i + 1, n)
-
-        ds = _nx_group(entry, "diamond_scan", "NXcollection")
-        _field(ds, "scan_shape", np.array([ny, nx], dtype=np.int64))
-        ds.create_dataset("scan_axes", data=["y", "x"], dtype=h5py.string_dtype("utf-8"))
+        ds = write_scan_group(entry, cfg)
         _field(ds, "scan_finished", np.int32(1 if cfg.finished else 0))
         keys = _nx_group(ds, "keys", "NXcollection")
         _field(keys, "uniqueKeys", np.arange(1, n + 1, dtype=np.int32))
@@ -553,6 +656,5 @@ def simulate_scan(
             end = max(datetime.now(UTC).astimezone(), start + timedelta(milliseconds=1))
             _field(entry, "end_time", _iso(end))
 
-    with open(truth_path, "w") as fd:
-        json.dump(truth, fd, indent=1)
+    model.write_truth(truth_path)
     return SimulatedScan(path=path, poni=poni_path, truth=truth_path, config=cfg)
