@@ -39,7 +39,7 @@ steps:
     with: %(with)s
     resources: {idle_timeout: 30}
 """
-XRD_WITH = '{poni: "{scan.dir}/{scan.stem}.poni", npt: ' + str(NPT) + ', method: csr}'
+XRD_WITH = '{poni: "{scan.dir}/{scan.stem}.poni", npt: ' + str(NPT) + ", method: csr}"
 XRF_WITH = "{elements: [Fe-Ka, Co-Ka, Ni-Ka, Cu-Ka, Zn-Ka]}"
 
 # A separate process watches the processed file: when did each point's result appear?
