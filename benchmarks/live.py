@@ -30,6 +30,7 @@ from hpcproc.nexus.frames import FrameReader
 from hpcproc.recipes import load_recipe_text
 
 FULL = (2069, 1796)
+STEADY_AFTER = 1.0  # s into the scan
 NPT = 2000
 RECIPE = """
 name: bench-live
@@ -39,7 +40,7 @@ steps:
     with: %(with)s
     resources: {idle_timeout: 30}
 """
-XRD_WITH = '{poni: "{scan.dir}/{scan.stem}.poni", npt: ' + str(NPT) + ", method: csr}"
+XRD_WITH = "{poni: PONI, npt: " + str(NPT) + ", method: csr}"
 XRF_WITH = "{elements: [Fe-Ka, Co-Ka, Ni-Ka, Cu-Ka, Zn-Ka]}"
 
 # A separate process watches the processed file: when did each point's result appear?
@@ -113,11 +114,14 @@ def _live_run(
 ) -> tuple[float, np.ndarray | None]:
     """Points/s of the live job, and (with watch) each point's flush-to-visible latency."""
     n = shape[0] * shape[1]
-    recipe = load_recipe_text(
-        RECIPE
-        % {"uses": "xrd_integrate" if xrd else "xrf_windows", "with": XRD_WITH if xrd else XRF_WITH}
-    )
     writer, scan = _writer(tmp / name, shape, frame, rate, xrd, pool)
+    # One calibration for all scans, as in a visit: workers keep their pyFAI engine.
+    poni = tmp / "visit.poni"
+    if xrd and not poni.exists():
+        poni.write_bytes(scan.with_suffix(".poni").read_bytes())
+    with_ = XRD_WITH.replace("PONI", json.dumps(str(poni))) if xrd else XRF_WITH
+    uses = "xrd_integrate" if xrd else "xrf_windows"
+    recipe = load_recipe_text(RECIPE % {"uses": uses, "with": with_})
     processed = scan.parent / "processed" / f"{scan.stem}-bench-live-job1.nxs"
     reader = None
     if watch:
@@ -139,7 +143,7 @@ def _live_run(
         visible = np.asarray(json.loads(reader.communicate()[0]))
         with h5py.File(scan, "r") as f:
             flushed = f["/entry/diamond_scan/keys/frame_time"][()]
-        latency = visible - flushed
+        latency = np.stack([flushed - flushed[0], visible - flushed])
     return n / elapsed, latency
 
 
@@ -206,16 +210,29 @@ def run() -> list[Result]:
                 f"{half:.1f} Hz full frames, sustainable {live_rate[2]:.1f} frames/s",
             )
             _live_run(client, tmp, "warm-x", (2, 50), FULL, 0, False, watch=False)
-            _, lat = _live_run(client, tmp, "c-xrf", (20, 100), FULL, 1000, False)
+            _, lat = _live_run(client, tmp, "c-xrf", (40, 100), FULL, 1000, False)
             results += _latency_rows("live.latency_xrf", lat, "1 kHz, 8 x 4096 spectra")
     return results
 
 
 def _latency_rows(name: str, lat: np.ndarray, note: str) -> list[Result]:
-    p50, p95, worst = _percentiles(lat)
+    """Steady state (points flushed 1 s or more after the first) and the very first point,
+    which also waits for the job to start (scan read, LIMS records, steps built)."""
+    since_start, latency = lat
+    p50, p95, worst = _percentiles(latency[since_start >= STEADY_AFTER])
     goal = 0.25  # s, p95 goal of the live-processing issue
+    note = f"{note}; steady state: points flushed >= {STEADY_AFTER:g} s into the scan"
     return [
         Result(f"{name}_p50", p50, "s", "goal p95", goal, higher_is_better=False, note=note),
         Result(f"{name}_p95", p95, "s", "goal p95", goal, higher_is_better=False, note=note),
         Result(f"{name}_max", worst, "s", "goal p95", goal, higher_is_better=False, note=note),
+        Result(
+            f"{name}_first_point",
+            float(latency[0]),
+            "s",
+            "goal p95",
+            goal,
+            higher_is_better=False,
+            note="includes the job's start-up",
+        ),
     ]

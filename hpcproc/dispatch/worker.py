@@ -14,6 +14,7 @@ import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -51,9 +52,12 @@ class StepTask:
     params_json: str  # the step's validated parameters, as JSON (also the cache key)
     scan: ScanInfo
 
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.uses, self.params_json, str(self.scan.path))
+    @cached_property
+    def key(self) -> tuple:
+        """Which built step this task can reuse on its worker (computed once per task)."""
+        cls = get_step(self.uses)
+        params = cls.Params.model_validate(json.loads(self.params_json))
+        return (self.uses, self.params_json, *cls.reuse_key(params, self.scan))
 
     def build(self) -> FrameStep:
         cls = get_step(self.uses)

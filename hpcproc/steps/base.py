@@ -76,6 +76,13 @@ class FrameStep(Step):
     def dataset(self) -> str:
         return str(getattr(self.params, self.source))
 
+    @classmethod
+    def reuse_key(cls, params: StepParams, scan: ScanInfo) -> tuple:
+        """Instances with equal keys are interchangeable, so a worker builds one and reuses it.
+        By default a step belongs to one scan; a step whose set-up depends only on its
+        parameters (pyFAI geometry) says so, and is reused across the scans of a visit."""
+        return (str(scan.path),)
+
     @abstractmethod
     def output_specs(self) -> list[Output]:
         """The per-point outputs, known before any frame is processed."""

@@ -42,6 +42,17 @@ class XrdIntegrate(FrameStep):
     inputs = {"frames": "2D detector frames, one per scan point"}
     outputs = {"I": "integrated pattern per point", "cake": "2D cake per point (if cake)"}
 
+    @classmethod
+    def reuse_key(cls, params: XrdIntegrateParams, scan: ScanInfo) -> tuple:
+        # The engine depends on the geometry, the parameters and the frame shape only. The
+        # PONI file's modification time is in the key, so a recalibration is picked up.
+        info = scan.datasets.get(params.frames)
+        return (
+            info.shape[1:] if info else None,
+            params.poni.stat().st_mtime_ns,
+            params.mask.stat().st_mtime_ns if params.mask else None,
+        )
+
     def __init__(self, params: XrdIntegrateParams, scan: ScanInfo) -> None:
         super().__init__(params, scan)
         import pyFAI  # heavy import, needed only where the step runs
