@@ -130,7 +130,7 @@ def simulate(
 
         live_cfg = LiveConfig(rate_hz=rate, flush_every=flush_every, pool=pool)
     path = _simulate(out_dir, _shape(map_shape), _shape(frame_shape), live=live_cfg, **kw)
-    out.print(str(path))
+    out.print(str(path), soft_wrap=True, highlight=False)
 
 
 def _simulate(

@@ -149,3 +149,28 @@ def test_demo_from_the_shell(tmp_path):
     job = json.loads(one.stdout)
     assert job["steps"][0]["step_id"] == "integrate"
     assert job["steps"][0]["attachments"][0]["path"] == str(processed[0])
+
+
+def test_simulate_live_writes_a_finished_swmr_scan(cli, tmp_path):
+    result = cli(
+        "simulate",
+        tmp_path / "live",
+        "--live",
+        "--rate",
+        "200",
+        "--map",
+        "2x3",
+        "--frame",
+        "64x64",
+        "--bins",
+        "512",
+    )
+    assert result.exit_code == 0, result.output
+    path = Path(result.stdout.strip().splitlines()[-1])
+    from hpcproc.nexus.scan import read_scan_info
+
+    info = read_scan_info(path)
+    assert info.finished and info.shape == (2, 3)
+    assert info.datasets["/entry/instrument/excalibur/data"].shape == (6, 64, 64)
+    bad = cli("simulate", tmp_path / "x", "--map", "0x3")
+    assert bad.exit_code == 2
