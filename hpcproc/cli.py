@@ -157,13 +157,20 @@ def _simulate(
 
 
 # ---------------------------------------------------------------- run
-def _run(ctx: click.Context, recipes: Sequence[str], scan: Path, params: dict, cluster: str):
+def _run(
+    ctx: click.Context,
+    recipes: Sequence[str],
+    scan: Path,
+    params: dict,
+    cluster: str,
+    wait: float = 0.0,
+):
     from hpcproc.dispatch.clusters import load_profile, open_client
     from hpcproc.jobs import prepare, run_plan
     from hpcproc.recipes import find_recipe
 
     # Every check before the cluster starts: a mistake costs a second, not a cluster start-up.
-    plans = [prepare(find_recipe(r), scan, params) for r in recipes]
+    plans = [prepare(find_recipe(r), scan, params, wait) for r in recipes]
     profile = load_profile(cluster)
     lims = _lims(ctx)
     outcomes = []
@@ -216,12 +223,26 @@ def _print_outcomes(outcomes: Sequence[Any], as_json: bool) -> None:
 )
 @click.option("--cluster", default="local", show_default=True, help="Cluster profile name or file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.option(
+    "--wait",
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for a scan file that does not exist yet.",
+)
 @click.pass_context
 def run(
-    ctx: click.Context, recipe: str, scan: Path, params: Sequence[str], cluster: str, as_json: bool
+    ctx: click.Context,
+    recipe: str,
+    scan: Path,
+    params: Sequence[str],
+    cluster: str,
+    as_json: bool,
+    wait: float,
 ) -> None:
-    """Run RECIPE (a name or a .yaml file) on the scan file SCAN."""
-    outcomes = _run(ctx, [recipe], scan, _params(params), cluster)
+    """Run RECIPE (a name or a .yaml file) on the scan file SCAN (finished, or being written:
+    then it is followed until its end-of-scan marker)."""
+    outcomes = _run(ctx, [recipe], scan, _params(params), cluster, wait)
     _print_outcomes(outcomes, as_json)
     sys.exit(0 if all(o.status == "success" for o in outcomes) else 1)
 
@@ -311,10 +332,13 @@ def _follow(lims: Any, job: int | None, every: float = 0.5) -> None:
 
     from hpcproc import progress
 
-    if job is None:
+    if job is None:  # the newest job; wait for one if none is recorded yet
         jobs = lims.jobs(limit=1)
         if not jobs:
-            raise InputError("no jobs recorded yet")
+            console.print("waiting for a job to be recorded...", highlight=False)
+        while not jobs:
+            time.sleep(every)
+            jobs = lims.jobs(limit=1)
         job = jobs[0].id
     with _progress() as update:
         while True:

@@ -17,6 +17,7 @@ from distributed import Client
 from hpcproc import __version__
 from hpcproc.dispatch.plan import JobPlan, make_plan
 from hpcproc.dispatch.runner import Dispatcher
+from hpcproc.errors import ScanError
 from hpcproc.lims import Lims
 from hpcproc.nexus.processed import ProcessedFile
 from hpcproc.nexus.scan import read_scan_info
@@ -102,9 +103,22 @@ def _provenance(plan: JobPlan, job_id: int, dc_id: int, programs: Mapping[str, i
     }
 
 
-def prepare(recipe: Recipe, scan_path: Path, overrides: Mapping[str, Any]) -> JobPlan:
-    """Read the scan and check everything the job needs; no side effects (InputError if bad)."""
-    return make_plan(recipe, read_scan_info(Path(scan_path)), overrides)
+def prepare(
+    recipe: Recipe, scan_path: Path, overrides: Mapping[str, Any], wait: float = 0.0
+) -> JobPlan:
+    """Read the scan and check everything the job needs; no side effects (InputError if bad).
+    ``wait`` seconds for a scan file that is not there (or not readable) yet: a detector's
+    writer may start after the processing was asked for."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            scan = read_scan_info(Path(scan_path))
+            break
+        except ScanError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+    return make_plan(recipe, scan, overrides)
 
 
 def run_job(

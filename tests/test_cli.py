@@ -174,3 +174,20 @@ def test_simulate_live_writes_a_finished_swmr_scan(cli, tmp_path):
     assert info.datasets["/entry/instrument/excalibur/data"].shape == (6, 64, 64)
     bad = cli("simulate", tmp_path / "x", "--map", "0x3")
     assert bad.exit_code == 2
+
+
+def test_run_waits_for_a_scan_file_that_appears(cli, sim_scan, tmp_path):
+    import shutil
+    import threading
+
+    late = tmp_path / "late" / sim_scan.path.name
+    late.parent.mkdir()
+    shutil.copy(sim_scan.poni, late.with_suffix(".poni"))
+    timer = threading.Timer(1.0, shutil.copy, (sim_scan.path, late))
+    timer.start()
+    result = cli("run", "xrf-map", late, "--wait", "30", "--json")
+    timer.join()
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["status"] == "success"
+    gone = cli("run", "xrf-map", tmp_path / "never.nxs", "--wait", "0.5")
+    assert gone.exit_code == 2 and "never.nxs" in _one_line_error(gone)
