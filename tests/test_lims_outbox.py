@@ -1,0 +1,468 @@
+"""The durable LIMS outbox: nothing lost, nothing duplicated, in order, when the database is down.
+
+SQLite tests inject connection failures and crashes; the MariaDB test stops the real server in the
+middle of a job with the same command that starts it, and starts it again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ispyb.sqlalchemy as isp
+import pytest
+from sqlalchemy import create_engine, event, func, select, text
+from test_lims import MARIADB_SERVER, T0, make_scan
+
+from hpcproc.errors import LimsError
+from hpcproc.lims.outbox import DurableLims, _decode, _encode
+from hpcproc.nexus.scan import DatasetInfo, ScanInfo
+from hpcproc.status import Status
+
+FAST = (0.02, 0.2)  # back-off for tests: retry quickly
+
+M, A, P = isp.AutoProcProgramMessage, isp.AutoProcProgramAttachment, isp.AutoProcProgram
+PJ, DC = isp.ProcessingJob, isp.DataCollection
+
+
+def counts(engine: Any) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {
+            model.__name__: conn.execute(select(func.count()).select_from(model)).scalar()
+            for model in (DC, PJ, isp.ProcessingJobParameter, P, M, A)
+        }
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> tuple[str, Path]:
+    return f"sqlite:///{tmp_path / 'lims.sqlite'}", tmp_path / "outbox.sqlite"
+
+
+class Outage:
+    """Makes every statement of a Lims' engine fail like a lost connection while ``down``."""
+
+    def __init__(self, durable: DurableLims) -> None:
+        self.down = False
+        engine = durable._connect()._engine
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _fail(*_args: Any) -> None:
+            if self.down:
+                raise sqlite3.OperationalError("disk I/O error (simulated outage)")
+
+
+def record_job(lims: DurableLims, n_programs: int = 2) -> tuple[int, int, list[int]]:
+    dc = lims.record_scan(make_scan())
+    job = lims.create_job(dc, "xrd_map", {"npt": 2000, "poni": "/data/cal.poni"}, comments="c")
+    programs = [lims.create_program(job, f"step{i}", "xrd_integrate") for i in range(n_programs)]
+    return dc, job, programs
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+def test_local_ids_map_to_database_ids_in_order(paths: tuple[str, Path]) -> None:
+    url, outbox = paths
+    with DurableLims(url, outbox, start=False) as lims:  # nothing applied until start()
+        dc, job, (p1, p2) = record_job(lims)
+        assert (dc, job, p1, p2) == (-1, -2, -3, -4)  # local ids: -seq of the creating row
+        assert lims.resolve(job) is None
+        lims.set_environment(p1, {"cluster": "local"})
+        lims.set_status(p1, Status.RUNNING, at=T0)
+        lims.set_progress(p1, "3/10")
+        lims.add_message(p1, "warning", "slow frame")
+        lims.set_status(p1, "success", "done")
+        lims.add_attachment(p1, "/data/out.nxs", "Result", 1)
+        lims.set_status(p2, "skipped")
+        with pytest.raises(LimsError, match="not in the LIMS yet"):
+            lims.job(job)
+        assert lims.pending() == 11
+        lims.start()
+        assert lims.flush(20)
+        assert lims.pending() == 0 and lims.failed() == []
+        db_job, db_p1 = lims.resolve(job), lims.resolve(p1)
+        assert db_job is not None and db_job > 0 and db_p1 is not None and db_p1 > 0
+        assert lims.resolve(db_job) == db_job  # a database id is its own
+        record = lims.job(job)  # reads take local ids too
+        assert record.id == db_job and record.dc_id == lims.resolve(dc)
+        assert record.parameters == {"npt": 2000, "poni": "/data/cal.poni"}
+        step1, step2 = record.steps
+        assert (step1.id, step1.status, step2.status) == (db_p1, Status.SUCCESS, Status.SKIPPED)
+        assert step1.start == T0  # the time given, not the time applied
+        assert [(m.severity, m.message) for m in step1.messages] == [
+            ("INFO", "environment"),
+            ("WARNING", "slow frame"),
+            ("INFO", "done"),
+        ]
+        assert [str(a.path) for a in step1.attachments] == ["/data/out.nxs"]
+        assert lims.program(p2).status is Status.SKIPPED
+
+
+def test_creates_return_database_ids_when_the_database_answers(paths: tuple[str, Path]) -> None:
+    url, outbox = paths
+    with DurableLims(url, outbox, id_wait=10) as lims:
+        dc, job, programs = record_job(lims)
+        assert min(dc, job, *programs) > 0
+        assert lims.program(programs[0]).job_id == job
+
+
+def test_status_time_is_the_call_time(paths: tuple[str, Path]) -> None:
+    url, outbox = paths
+    with DurableLims(url, outbox, start=False) as lims:
+        _dc, _job, (p1, _p2) = record_job(lims)
+        lims.set_status(p1, "running")
+        called = time.time()
+        time.sleep(1.2)
+        lims.start()
+        assert lims.flush(20)
+        start = lims.program(p1).start
+        assert start is not None and abs(start.timestamp() - called) < 1.0
+
+
+def test_outage_writes_return_at_once_and_apply_in_order(paths: tuple[str, Path]) -> None:
+    url, outbox = paths
+    with DurableLims(url, outbox, backoff=FAST) as lims:
+        _dc, job, (p1, p2) = record_job(lims)
+        lims.set_status(p1, "running")
+        assert lims.flush(20)
+        outage = Outage(lims)
+        outage.down = True
+        t0 = time.monotonic()
+        for i in range(20):
+            lims.set_progress(p1, f"{i}/20")
+        lims.add_message(p1, "INFO", "first")
+        lims.add_message(p1, "INFO", "second")
+        p3 = lims.create_program(job, "late", "xrd_integrate")  # created during the outage
+        lims.set_status(p3, "running")
+        lims.set_status(p1, "success", "all done")
+        lims.set_status(p2, "failed", "boom")
+        lims.set_status(p1, "failed", "too late: p1 is final")  # ignored when applied
+        assert time.monotonic() - t0 < 2.0
+        assert p3 < 0 and lims.resolve(p3) is None
+        time.sleep(0.3)
+        assert lims.pending() == 27
+        assert lims.last_error is not None and "simulated outage" in lims.last_error
+        outage.down = False
+        assert lims.flush(20)
+        assert lims.failed() == []
+        step1, step2, step3 = lims.job(job).steps
+        assert (step1.status, step2.status, step3.status) == (
+            Status.SUCCESS,
+            Status.FAILED,
+            Status.RUNNING,
+        )
+        assert step3.id == lims.resolve(p3) and step3.step_id == "late"
+        assert [m.message for m in step1.messages] == ["first", "second", "all done"]
+        assert step1.message == "all done"
+
+
+def test_database_down_at_start(tmp_path: Path) -> None:
+    """The LIMS cannot even be opened (its directory is a file): writes wait in the outbox."""
+    blocker = tmp_path / "lims"
+    blocker.write_text("not a directory")
+    url = f"sqlite:///{blocker}/lims.sqlite"
+    with DurableLims(url, tmp_path / "outbox.sqlite", backoff=FAST) as lims:
+        t0 = time.monotonic()
+        dc, job, (p1, _p2) = record_job(lims)
+        lims.set_status(p1, "success", "done")
+        assert time.monotonic() - t0 < 1.5  # waited for an id once at most (id_wait 0.5 s)
+        assert min(dc, job, p1) < 0
+        assert not lims.flush(0.5)
+        assert lims.pending() == 5 and lims.last_error
+        with pytest.raises(LimsError):
+            lims.job(job)
+        blocker.unlink()
+        assert lims.flush(20)
+        assert lims.program(p1).status is Status.SUCCESS
+        assert lims.failed() == []
+
+
+def test_restart_replays_what_is_pending(paths: tuple[str, Path]) -> None:
+    url, outbox = paths
+    first = DurableLims(url, outbox, start=False)
+    _dc, job, (p1, p2) = record_job(first)
+    first.set_status(p1, "running")
+    first.set_status(p1, "success", "done")
+    first.set_status(p2, "failed", "boom")
+    first.close(flush_timeout=0)  # the process stops with everything pending
+    with DurableLims(url, outbox) as second:
+        assert second.pending() == 7
+        assert second.flush(20)
+        record = second.job(job)  # the first process's local ids resolve
+        assert [s.status for s in record.steps] == [Status.SUCCESS, Status.FAILED]
+        assert counts(second._connect()._engine)["AutoProcProgram"] == 2
+
+
+def test_one_process_per_outbox(paths: tuple[str, Path]) -> None:
+    url, outbox = paths
+    with DurableLims(url, outbox, start=False), pytest.raises(LimsError, match="in use"):
+        DurableLims(url, outbox)
+
+
+class Crash(BaseException):
+    """The process dies (not an Exception: the applier does not catch it)."""
+
+
+CRASH_SCRIPT = [
+    "record_scan",
+    "create_job",
+    "create_program",
+    "set_environment",
+    "set_status",
+    "add_message",
+    "add_attachment",
+    "set_status",
+]
+
+
+@pytest.mark.parametrize("crash_at", range(len(CRASH_SCRIPT)), ids=lambda i: CRASH_SCRIPT[i])
+def test_crash_between_apply_and_done_duplicates_nothing(
+    paths: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, crash_at: int
+) -> None:
+    url, outbox = paths
+    first = DurableLims(url, outbox, start=False)
+    dc = first.record_scan(make_scan())
+    job = first.create_job(dc, "xrd_map", {"npt": 2000}, display_name="xrd_map v1")
+    program = first.create_program(job, "integrate", "xrd_integrate")
+    first.set_environment(program, {"cluster": "local", "workers": 2})
+    first.set_status(program, "running", "started")
+    first.add_message(program, "WARNING", "frame 7 saturated")
+    first.add_attachment(program, "/data/out.nxs", "Result")
+    first.set_status(program, "success", "done")
+
+    applied = threading.Event()
+    original = DurableLims._done
+
+    def crash(self: DurableLims, seq: int, db_id: int | None) -> None:
+        if seq == crash_at + 1:  # applied in the LIMS, not yet marked done in the outbox
+            applied.set()
+            raise Crash
+        original(self, seq, db_id)
+
+    monkeypatch.setattr(DurableLims, "_done", crash)
+    monkeypatch.setattr(threading, "excepthook", lambda _args: None)  # the dying applier
+    first.start()
+    assert applied.wait(20)
+    first._thread.join(10)
+    assert not first._thread.is_alive()
+    assert first.pending() == len(CRASH_SCRIPT) - crash_at
+    first.close(flush_timeout=0)
+    monkeypatch.undo()
+
+    with DurableLims(url, outbox) as second:  # the restarted process
+        assert second.flush(20)
+        assert second.failed() == []
+        assert counts(second._connect()._engine) == {
+            "DataCollection": 1,
+            "ProcessingJob": 1,
+            "ProcessingJobParameter": 1,
+            "AutoProcProgram": 1,
+            "AutoProcProgramMessage": 4,  # environment, started, saturated, done
+            "AutoProcProgramAttachment": 1,
+        }
+        step = second.program(program)
+        assert step.status is Status.SUCCESS and step.environment == {
+            "cluster": "local",
+            "workers": 2,
+        }
+
+
+def test_refused_writes_are_kept_as_failed_and_do_not_block(paths: tuple[str, Path]) -> None:
+    url, outbox = paths
+    with DurableLims(url, outbox, id_wait=0) as lims:
+        _dc, _job, (p1, _p2) = record_job(lims)
+        lims.add_message(987654, "ERROR", "to a program that does not exist")
+        orphan_job = lims.create_job(987654, "xrd_map", {})  # no such data collection
+        orphan = lims.create_program(orphan_job, "integrate", "xrd_integrate")
+        lims.set_status(orphan, "running")
+        lims.set_status(p1, "success", "done")  # after the refused ones: still applied
+        assert lims.flush(20)
+        failed = lims.failed()
+        assert [f.method for f in failed] == [
+            "add_message",
+            "create_job",
+            "create_program",
+            "set_status",
+        ]
+        assert "no processing program 987654" in failed[0].error
+        assert "no data collection 987654" in failed[1].error
+        assert "whose create failed" in failed[2].error and "whose create failed" in failed[3].error
+        assert failed[0].args["message"] == "to a program that does not exist"
+        assert lims.program(p1).status is Status.SUCCESS
+        with pytest.raises(LimsError, match="never recorded"):
+            lims.job(orphan_job)
+        assert lims.pending() == 0
+
+
+def test_refused_create_raises_when_the_call_waits(paths: tuple[str, Path]) -> None:
+    url, outbox = paths
+    with DurableLims(url, outbox, id_wait=10) as lims:
+        lims.record_scan(make_scan())
+        with pytest.raises(LimsError, match="no data collection 987654"):
+            lims.create_job(987654, "xrd_map", {})
+
+
+def test_input_that_can_never_be_recorded_raises_at_once(paths: tuple[str, Path]) -> None:
+    url, outbox = paths
+    with DurableLims(url, outbox, start=False) as lims:
+        _dc, _job, (p1, _p2) = record_job(lims)
+        with pytest.raises(LimsError, match="status"):
+            lims.set_status(p1, "exploded")
+        with pytest.raises(LimsError, match="severity"):
+            lims.add_message(p1, "LOUD", "x")
+        with pytest.raises(LimsError, match="attachment type"):
+            lims.add_attachment(p1, "/x", "Picture")
+        with pytest.raises(LimsError, match="not a local id"):
+            lims.set_status(-999, "running")
+        with pytest.raises(LimsError, match="visit"):
+            lims.record_scan(make_scan(visit="not a visit"))
+        with pytest.raises(LimsError, match="cannot keep"):
+            lims.create_job(1, "r", {"x": object()})
+        assert lims.pending() == 4
+
+
+def test_arguments_round_trip() -> None:
+    scan = make_scan(finished=True, end_time=T0)
+    scan = ScanInfo(
+        **{
+            **scan.__dict__,
+            "datasets": {"/entry/data": DatasetInfo("/entry/data", (5, 10), "<f4", (1, 10))},
+            "nx_classes": frozenset({"NXentry", "NXdata"}),
+        }
+    )
+    args = {"scan": scan, "at": T0, "path": Path("/a/b"), "k": {1: (2, 3)}, "$odd": None}
+    assert _decode(_encode(args)) == args
+
+
+# ---------------------------------------------------------------- MariaDB: a real outage
+
+MARIADBD = "/usr/sbin/mariadbd"
+
+
+def _server_up(timeout: float) -> bool:
+    engine = create_engine(MARIADB_SERVER)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                with engine.connect():
+                    return True
+            except Exception:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.2)
+    finally:
+        engine.dispose()
+
+
+def _daemon(*args: str) -> None:
+    subprocess.run(
+        ["start-stop-daemon", *args, "--exec", MARIADBD],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def mariadb_database() -> Iterator[str]:
+    pytest.importorskip("mysql.connector", reason="mysql-connector-python is not installed")
+    if not _server_up(2):
+        pytest.skip(f"MariaDB not reachable at {MARIADB_SERVER.rsplit('@', 1)[-1]}")
+    if os.geteuid() != 0 or not shutil.which("start-stop-daemon") or not Path(MARIADBD).exists():
+        pytest.skip("cannot stop and start MariaDB here (needs root, start-stop-daemon, mariadbd)")
+    name = f"hpcproc_test_{uuid.uuid4().hex[:12]}"
+    server = create_engine(MARIADB_SERVER, pool_pre_ping=True)  # survives the restart
+    with server.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE `{name}`"))
+    try:
+        yield f"{MARIADB_SERVER}/{name}"
+    finally:
+        _server_up(60)
+        with server.begin() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        server.dispose()
+
+
+def test_mariadb_stopped_mid_job_loses_and_duplicates_nothing(
+    mariadb_database: str, tmp_path: Path
+) -> None:
+    url = mariadb_database
+    lims = DurableLims(url, tmp_path / "outbox.sqlite", backoff=FAST)
+    try:
+        # A running job, recorded while the database is up.
+        dc, job, (p1, p2) = record_job(lims)
+        for p in (p1, p2):
+            lims.set_environment(p, {"cluster": "local"})
+            lims.set_status(p, "running")
+        lims.set_progress(p1, "1/10")
+        assert lims.flush(30)
+        assert lims.failed() == []
+
+        try:
+            _daemon("--stop", "--retry", "10")  # MariaDB goes away mid-job
+            assert not _server_up(0)
+            t0 = time.monotonic()
+            slowest = 0.0
+            calls = [
+                lambda: lims.set_progress(p1, "10/10"),
+                lambda: lims.set_status(p1, "success", "integrated 10 frames"),
+                lambda: lims.add_attachment(p1, tmp_path / "out.nxs", "Result", 1),
+                lambda: lims.add_message(p2, "WARNING", "frame 7 saturated"),
+                lambda: lims.set_status(p2, "failed", "fit diverged"),
+                lambda: lims.add_attachment(p2, tmp_path / "fit.log", "Log", 2),
+                lambda: lims.create_program(job, "report", "report"),
+            ]
+            for call in calls:
+                start = time.monotonic()
+                result = call()
+                slowest = max(slowest, time.monotonic() - start)
+            p3 = result
+            lims.set_status(p3, "skipped")
+            lims.set_status(p1, "running")  # a late update: ignored when applied
+            assert slowest < 1.0, f"a write waited {slowest:.2f} s for the database"
+            assert p3 < 0  # a local id: the database is down
+            time.sleep(0.5)
+            assert lims.pending() == 9 and lims.last_error
+            assert time.monotonic() - t0 < 5
+        finally:
+            _daemon("--start", "--oknodo", "--background")
+            assert _server_up(60), "MariaDB did not come back"
+
+        assert lims.flush(60)
+        assert lims.failed() == [] and lims.pending() == 0
+        record = lims.job(job)
+        ids = lims.resolve(job), lims.resolve(dc)
+    finally:
+        lims.close()
+
+    assert [(s.step_id, s.status) for s in record.steps] == [
+        ("step0", Status.SUCCESS),
+        ("step1", Status.FAILED),
+        ("report", Status.SKIPPED),
+    ]
+    s1, s2, _s3 = record.steps
+    assert s1.message == "integrated 10 frames" and s2.message == "fit diverged"
+    assert [m.message for m in s2.messages] == ["environment", "frame 7 saturated", "fit diverged"]
+    assert [a.path.name for a in s1.attachments + s2.attachments] == ["out.nxs", "fit.log"]
+    engine = create_engine(url)
+    try:
+        assert counts(engine) == {
+            "DataCollection": 1,
+            "ProcessingJob": 1,
+            "ProcessingJobParameter": 2,
+            "AutoProcProgram": 3,
+            "AutoProcProgramMessage": 5,  # 2 environment, success, warning, failed
+            "AutoProcProgramAttachment": 2,
+        }
+        assert (record.id, record.dc_id) == ids
+    finally:
+        engine.dispose()
