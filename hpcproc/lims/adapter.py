@@ -42,7 +42,8 @@ with their types. A job's overall status is :func:`hpcproc.lims.records.overall_
 
 Schema: ``Lims`` creates the tables it writes plus every table their foreign keys reach (43 of
 ISPyB's 205, see :func:`schema_tables`) when they are missing; an existing ISPyB database is used
-as it is. Foreign keys are enforced on SQLite too (as on MariaDB). SQLite runs in WAL mode with
+as it is, once :mod:`hpcproc.lims.schema_check` found the columns it uses (else a one-line
+LimsError). Foreign keys are enforced on SQLite too (as on MariaDB). SQLite runs in WAL mode with
 ``synchronous=NORMAL`` so readers (CLI, web) never wait for the writer; writers of one process
 are serialised by a lock, writers of several processes by SQLite's own lock (30 s timeout).
 ``record_scan`` is look-up-or-insert under a process lock: two *processes* recording the same
@@ -80,6 +81,7 @@ from hpcproc.lims.records import (
     ProgramRecord,
     overall_status,
 )
+from hpcproc.lims.schema_check import SchemaReport, ensure_schema
 from hpcproc.nexus.scan import ScanInfo
 from hpcproc.status import Status, can_move
 
@@ -297,6 +299,9 @@ class Lims:
         except SQLAlchemyError as exc:
             self._engine.dispose()
             raise self._error("cannot open the LIMS database", exc) from None
+        except LimsError:
+            self._engine.dispose()
+            raise
 
     # ------------------------------------------------------------ plumbing
 
@@ -333,13 +338,8 @@ class Lims:
         return engine
 
     def _create_schema(self) -> None:
-        tables = schema_tables()
-        with self._write_lock:
-            try:
-                isp.Base.metadata.create_all(self._engine, tables=tables)
-            except SQLAlchemyError:
-                # Another process may have created the tables at the same moment: try once more.
-                isp.Base.metadata.create_all(self._engine, tables=tables)
+        """Check the schema (creating it on an empty database): see :mod:`.schema_check`."""
+        self.schema: SchemaReport = ensure_schema(self._engine, self.url, self._write_lock)
 
     def _error(self, what: str, exc: BaseException) -> LimsError:
         detail = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
