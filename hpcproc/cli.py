@@ -247,6 +247,85 @@ def run(
     sys.exit(0 if all(o.status == "success" for o in outcomes) else 1)
 
 
+# ---------------------------------------------------------------- reprocess
+@main.command()
+@click.argument("job", type=int)
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Change a parameter of the job (repeatable).",
+)
+@click.option(
+    "--sweep",
+    "sweeps",
+    multiple=True,
+    metavar="NAME=START:STOP:STEP|NAME=V1,V2",
+    help="One job per value: an inclusive range (int/float) or a list; several sweeps make "
+    "their cartesian product (repeatable; at most 1000 jobs).",
+)
+@click.option(
+    "--recipe",
+    default=None,
+    help="The recipe file, when the job's recipe is not on the recipe path (same name).",
+)
+@click.option("--cluster", default="local", show_default=True, help="Cluster profile name or file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
+@click.pass_context
+def reprocess(
+    ctx: click.Context,
+    job: int,
+    params: Sequence[str],
+    sweeps: Sequence[str],
+    recipe: str | None,
+    cluster: str,
+    as_json: bool,
+) -> None:
+    """Run JOB's recipe again on its scan with changed parameters: a new job on the same data
+    collection, linked to JOB (one per sweep point)."""
+    from hpcproc.dispatch.clusters import load_profile, open_client
+    from hpcproc.jobs import run_plan
+    from hpcproc.reprocess import plan_reprocessing, sweep_options
+
+    changes, swept = _params(params), sweep_options(sweeps)
+    lims = _lims(ctx)
+    try:
+        # Every check before the cluster starts, and before anything is recorded.
+        plans = plan_reprocessing(job, changes, swept, lims=lims, recipe=recipe)
+        profile = load_profile(cluster)
+        for warning in plans[0].warnings:
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        outcomes = []
+        with open_client(profile) as client:
+            console.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
+            for i, r in enumerate(plans, start=1):
+                tag = f" [{i}/{len(plans)}]" if len(plans) > 1 else ""
+                with _progress() as update:
+                    outcomes.append(
+                        run_plan(
+                            r.plan,
+                            lims=lims,
+                            client=client,
+                            cluster=profile.name,
+                            progress=lambda s, d, t, tag=tag: update(s, d, t, f"{s}{tag}"),
+                            parent_job=r.parent,
+                            display_name=r.display_name,
+                        )
+                    )
+    finally:
+        lims.close()
+    if as_json:
+        _print_outcomes(outcomes, as_json=True)
+    else:
+        for r, o in zip(plans, outcomes, strict=True):
+            _print_outcomes([o], as_json=False)
+            changed = ", ".join(f"{k}={v}" for k, v in r.changes.items()) or "same parameters"
+            out.print(f"  reprocess of job {r.parent}: {changed}", highlight=False, soft_wrap=True)
+    sys.exit(0 if all(o.status == "success" for o in outcomes) else 1)
+
+
 # ---------------------------------------------------------------- demo
 @main.command()
 @click.option(
@@ -316,6 +395,10 @@ def status(ctx: click.Context, job: int | None, as_json: bool, limit: int, follo
         out.print_json(data=_plain(record))
         return
     out.print(f"[bold]job {record.id}[/] {record.recipe} ({record.status}) on {record.scan_file}")
+    from hpcproc.reprocess import reprocess_of
+
+    if (parent := reprocess_of(record)) is not None:
+        out.print(f"reprocess of job {parent}", highlight=False)
     out.print(f"parameters: {json.dumps(record.parameters, default=str)}", highlight=False)
     for s in record.steps:
         times = f"{s.start or ''} -> {s.end or ''}".strip(" ->")

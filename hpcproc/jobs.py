@@ -27,6 +27,10 @@ from hpcproc.status import Status
 
 ProgressFn = Callable[[str, int, int], None]  # (step id, points done, points in all)
 
+# ProcessingJob has no parent column in ISPyB: a reprocessed job records the id of the job it
+# reprocesses as a ProcessingJobParameter with this reserved key (no recipe parameter has a dot).
+REPROCESS_OF = "hpcproc.reprocess_of"
+
 
 @dataclass(frozen=True)
 class JobOutcome:
@@ -73,8 +77,15 @@ class _LimsRecorder:
             self.lims.set_progress(self.programs[step_id], progress.text())
 
 
-def _provenance(plan: JobPlan, job_id: int, dc_id: int, programs: Mapping[str, int]) -> dict:
+def _provenance(
+    plan: JobPlan,
+    job_id: int,
+    dc_id: int,
+    programs: Mapping[str, int],
+    parent_job: int | None = None,
+) -> dict:
     recipe, scan = plan.recipe, plan.scan
+    link = {} if parent_job is None else {"reprocess_of": parent_job}
     return {
         s.id: {
             "program": "hpcproc",
@@ -97,6 +108,7 @@ def _provenance(plan: JobPlan, job_id: int, dc_id: int, programs: Mapping[str, i
                 "data_collection_id": dc_id,
                 "processing_job_id": job_id,
                 "auto_proc_program_id": programs[s.id],
+                **link,
             },
         }
         for s in plan.steps
@@ -137,16 +149,28 @@ def run_plan(
     cluster: str = "local",
     progress: ProgressFn | None = None,
     automatic: bool = False,
+    parent_job: int | None = None,
+    display_name: str | None = None,
 ) -> JobOutcome:
-    """Record a prepared job in the LIMS, run it on ``client`` and file its results."""
+    """Record a prepared job in the LIMS, run it on ``client`` and file its results.
+
+    ``parent_job``: the job this one reprocesses; recorded as the parameter :data:`REPROCESS_OF`,
+    in the comments and in the processed file's provenance. ``display_name`` replaces the
+    default "<recipe> v<version>".
+    """
     recipe, scan = plan.recipe, plan.scan
     dc_id = lims.record_scan(scan)
+    parameters = dict(plan.parameters)
+    comments = f"recipe sha256 {recipe.sha256}"
+    if parent_job is not None:
+        parameters[REPROCESS_OF] = int(parent_job)
+        comments = f"reprocess of job {int(parent_job)}; {comments}"
     job_id = lims.create_job(
         dc_id,
         recipe.name,
-        plan.parameters,
-        display_name=f"{recipe.name} v{recipe.version}",
-        comments=f"recipe sha256 {recipe.sha256}",
+        parameters,
+        display_name=display_name or f"{recipe.name} v{recipe.version}",
+        comments=comments,
         automatic=automatic,
     )
     programs = {s.id: lims.create_program(job_id, s.id, s.spec.uses) for s in plan.steps}
@@ -159,7 +183,7 @@ def run_plan(
     try:
         with ProcessedFile(out_path, scan, title=f"{recipe.name} on {scan.scan_id}") as out:
             statuses = Dispatcher(client, recorder).run(
-                plan, out, _provenance(plan, job_id, dc_id, programs)
+                plan, out, _provenance(plan, job_id, dc_id, programs, parent_job)
             )
     except BaseException as exc:  # interrupted or the cluster died: never leave a step running
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"job aborted: {exc}"
