@@ -73,6 +73,21 @@ def _lims(ctx: click.Context):  # -> Lims (imported lazily: keeps `--help` fast)
 
 
 @contextmanager
+def _recording(ctx: click.Context) -> Iterator[Any]:
+    """The LIMS a run records through: writes go through a durable outbox, so a database that
+    is down delays records but never loses them or stops processing."""
+    from hpcproc.lims import default_lims_url
+    from hpcproc.lims.recording import finish, recording_lims
+
+    home = config.home()
+    lims = recording_lims(ctx.obj["lims_url"] or default_lims_url(home), home)
+    try:
+        yield lims
+    finally:
+        finish(lims)
+
+
+@contextmanager
 def _progress() -> Iterator[Any]:
     """A rich progress bar per step; yields the callback the job runner calls."""
     bars = Progress(
@@ -172,16 +187,14 @@ def _run(
     # Every check before the cluster starts: a mistake costs a second, not a cluster start-up.
     plans = [prepare(find_recipe(r), scan, params, wait) for r in recipes]
     profile = load_profile(cluster)
-    lims = _lims(ctx)
     outcomes = []
-    with open_client(profile) as client:
+    with _recording(ctx) as lims, open_client(profile) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
         for plan in plans:
             with _progress() as update:
                 outcomes.append(
                     run_plan(plan, lims=lims, client=client, cluster=profile.name, progress=update)
                 )
-    lims.close()
     return outcomes
 
 
@@ -290,8 +303,7 @@ def reprocess(
     from hpcproc.reprocess import plan_reprocessing, sweep_options
 
     changes, swept = _params(params), sweep_options(sweeps)
-    lims = _lims(ctx)
-    try:
+    with _recording(ctx) as lims:
         # Every check before the cluster starts, and before anything is recorded.
         plans = plan_reprocessing(job, changes, swept, lims=lims, recipe=recipe)
         profile = load_profile(cluster)
@@ -314,8 +326,6 @@ def reprocess(
                             display_name=r.display_name,
                         )
                     )
-    finally:
-        lims.close()
     if as_json:
         _print_outcomes(outcomes, as_json=True)
     else:

@@ -49,7 +49,9 @@ class JobOutcome:
 
 def processed_path(scan_path: Path, recipe: str, job_id: int) -> Path:
     """Processed files go beside the scan, in `processed/`, one per job."""
-    return scan_path.parent / "processed" / f"{scan_path.stem}-{recipe}-job{job_id}.nxs"
+    # A negative id is the LIMS outbox's local id: the database was down when the job began.
+    tag = f"job{job_id}" if job_id >= 0 else f"job-local{-job_id}"
+    return scan_path.parent / "processed" / f"{scan_path.stem}-{recipe}-{tag}.nxs"
 
 
 class _LimsRecorder:

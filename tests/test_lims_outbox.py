@@ -466,3 +466,80 @@ def test_mariadb_stopped_mid_job_loses_and_duplicates_nothing(
         assert (record.id, record.dc_id) == ids
     finally:
         engine.dispose()
+
+
+def test_real_job_finishes_while_mariadb_is_down(
+    mariadb_database: str, tmp_path: Path, sim_scan: Any, client: Any
+) -> None:
+    """The issue's test: MariaDB stops (the same daemon command that starts it) while a job
+    runs; the job finishes regardless; MariaDB starts again and every record and final status
+    is there, once."""
+    from hpcproc.jobs import run_job
+    from hpcproc.lims import Lims
+    from hpcproc.lims.recording import finish, recording_lims
+    from hpcproc.recipes import find_recipe
+
+    url = mariadb_database
+    lims = recording_lims(url, tmp_path / "home")
+    stopped = threading.Event()
+
+    def stop_once(step: str, done: int, total: int) -> None:
+        if not stopped.is_set():  # first progress: the job is recorded and running
+            stopped.set()
+            _daemon("--stop", "--retry", "10")
+
+    try:
+        outcome = run_job(
+            find_recipe("xrf-map"),
+            sim_scan.path,
+            {},
+            lims=lims,
+            client=client,
+            progress=stop_once,
+        )
+        assert stopped.is_set() and not _server_up(0)
+        assert outcome.steps == {"windows": Status.SUCCESS}  # processing never waited
+        assert lims.pending() > 0  # the final records wait in the outbox
+    finally:
+        _daemon("--start", "--oknodo", "--background")
+        assert _server_up(60), "MariaDB did not come back"
+    assert lims.flush(60)
+    job_id = lims.resolve(outcome.job_id)
+    finish(lims, timeout=60)
+    assert not list((tmp_path / "home" / "lims-outbox").glob("*.sqlite")), "outbox not emptied"
+
+    with Lims(url) as db:
+        record = db.job(job_id)
+        (step,) = record.steps
+        assert (step.step_id, step.status) == ("windows", Status.SUCCESS)
+        assert [a.path for a in step.attachments] == [outcome.processed]
+        engine = create_engine(url)
+        try:
+            rows = counts(engine)
+        finally:
+            engine.dispose()
+    assert rows["ProcessingJob"] == 1 and rows["AutoProcProgram"] == 1
+    assert rows["AutoProcProgramAttachment"] == 1 and rows["DataCollection"] == 1
+
+
+def test_next_hpcproc_start_replays_a_dead_process_outbox(tmp_path: Path) -> None:
+    """A process that died with writes in its outbox: the next recording process applies
+    them before its own, and removes the emptied outbox."""
+    from hpcproc.lims import Lims
+    from hpcproc.lims.recording import finish, outbox_dir, recording_lims
+
+    url = f"sqlite:///{tmp_path / 'lims.sqlite'}"
+    home = tmp_path / "home"
+    dead = DurableLims(url, outbox_dir(home) / "4242-dead.sqlite", start=False)
+    dc = dead.record_scan(make_scan(tmp_path / "scan.nxs"))
+    job = dead.create_job(dc, "xrd-map", {"npt": 2000})
+    assert dc < 0 and job < 0 and dead.pending() == 2  # never applied: the process "died"
+    dead.close(flush_timeout=0)
+
+    lims = recording_lims(url, home)  # the next start
+    finish(lims)
+    with Lims(url) as db:
+        (summary,) = db.jobs()
+        assert summary.recipe == "xrd-map"
+        assert db.job(summary.id).parameters == {"npt": 2000}
+    assert not list(outbox_dir(home).glob("*.sqlite"))
