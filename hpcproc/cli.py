@@ -376,26 +376,60 @@ def demo(
 @click.option(
     "--follow", "-f", is_flag=True, help="Live progress bars until JOB (or the newest job) ends."
 )
+@click.option("--visit", help="Jobs of a visit (cm12345-1) or of every visit of a proposal.")
+@click.option("--recipe", help="Jobs of this recipe.")
+@click.option("--technique", help="ISPyB experiment type of the data collection.")
+@click.option("--search", help="Text in the scan's title, command, scan id or sample name.")
+@click.option("--since", type=click.DateTime(), help="Jobs created at or after this time.")
+@click.option("--until", type=click.DateTime(), help="Jobs created before this time.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(["queued", "running", "success", "failed", "skipped"]),
+    help="Overall status (repeatable).",
+)
 @click.pass_context
-def status(ctx: click.Context, job: int | None, as_json: bool, limit: int, follow: bool) -> None:
-    """List recent jobs, or show one JOB with its steps, messages and files."""
+def status(
+    ctx: click.Context,
+    job: int | None,
+    as_json: bool,
+    limit: int,
+    follow: bool,
+    **filters: Any,
+) -> None:
+    """List jobs (newest first, filtered), or show one JOB with its steps, messages and files."""
     lims = _lims(ctx)
     if follow:
         _follow(lims, job)
         return
     if job is None:
-        jobs = lims.jobs(limit=limit)
+        from hpcproc.lims.queries import find_jobs
+
+        states = filters.pop("states")
+        found = find_jobs(
+            lims,
+            visit=filters["visit"],
+            recipe=filters["recipe"],
+            technique=filters["technique"],
+            sample_or_title=filters["search"],
+            since=filters["since"],
+            until=filters["until"],
+            status=list(states) or None,
+            limit=limit,
+        )
         if as_json:
-            out.print_json(data=[_plain(j) for j in jobs])
+            out.print_json(data=[_plain(j.summary()) | {"visit": j.visit} for j in found])
             return
-        table = Table("job", "recipe", "status", "steps", "created", "scan")
-        for j in jobs:
+        table = Table("job", "recipe", "status", "steps", "created", "visit", "scan")
+        for j in found:
             table.add_row(
                 str(j.id),
                 j.recipe,
                 str(j.status),
                 str(j.n_steps),
-                f"{j.created:%Y-%m-%d %H:%M:%S}",
+                f"{j.created:%Y-%m-%d %H:%M:%S}" if j.created else "",
+                j.visit or "",
                 str(j.scan_file),
             )
         out.print(table)

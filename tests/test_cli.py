@@ -143,6 +143,22 @@ def test_demo_from_the_shell(tmp_path):
         ("xrf-map", "success"),
         ("xrd-map", "success"),
     ]
+
+    def listed(*filters: str) -> list[int]:
+        found = subprocess.run(
+            [*hpcproc, "status", "--json", *filters],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return [j["id"] for j in json.loads(found.stdout)]
+
+    assert listed("--recipe", "xrd-map") == [1]
+    assert listed("--visit", "cm12345-1", "--state", "success") == [2, 1]
+    assert listed("--visit", "cm99999-1") == []
+    assert listed("--search", "i18-000001") == [2, 1]
+    assert listed("--state", "failed") == []
     one = subprocess.run(
         [*hpcproc, "status", "1", "--json"], env=env, capture_output=True, text=True, timeout=60
     )
