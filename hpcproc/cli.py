@@ -41,6 +41,12 @@ def _params(pairs: Sequence[str]) -> dict[str, str]:
     return params
 
 
+def _param_option(help_text: str) -> Any:
+    return click.option(
+        "--param", "-p", "params", multiple=True, metavar="NAME=VALUE", help=help_text
+    )
+
+
 class _Cli(click.Group):
     """Turns hpcproc's own errors into one line on stderr (exit 2 for bad input, 1 otherwise)."""
 
@@ -226,14 +232,7 @@ def _print_outcomes(outcomes: Sequence[Any], as_json: bool) -> None:
 @main.command()
 @click.argument("recipe")
 @click.argument("scan", type=click.Path(path_type=Path))
-@click.option(
-    "--param",
-    "-p",
-    "params",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Set a recipe parameter (repeatable).",
-)
+@_param_option("Set a recipe parameter (repeatable).")
 @click.option("--cluster", default="local", show_default=True, help="Cluster profile name or file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.option(
@@ -263,14 +262,7 @@ def run(
 # ---------------------------------------------------------------- reprocess
 @main.command()
 @click.argument("job", type=int)
-@click.option(
-    "--param",
-    "-p",
-    "params",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Change a parameter of the job (repeatable).",
-)
+@_param_option("Change a parameter of the job (repeatable).")
 @click.option(
     "--sweep",
     "sweeps",

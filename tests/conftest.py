@@ -46,3 +46,28 @@ def lims(tmp_path: Path):
     db = Lims(f"sqlite:///{tmp_path / 'lims.sqlite'}")
     yield db
     db.close()
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """The `hpcproc` command in this process, with its own HPCPROC_HOME (SQLite LIMS)."""
+    from click.testing import CliRunner
+
+    from hpcproc.cli import main
+
+    monkeypatch.setenv("HPCPROC_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HPCPROC_LIMS_URL", raising=False)
+    runner = CliRunner()
+
+    def invoke(*args: object):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def one_line_error(result) -> str:
+    """The single line a user mistake prints on stderr (and no traceback)."""
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]

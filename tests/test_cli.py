@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from conftest import one_line_error
 
 from hpcproc import __version__
-from hpcproc.cli import main
 
 TYPO_RECIPE = """\
 name: typo
@@ -20,25 +19,6 @@ steps:
   - id: integrate
     uses: xrd_integrat
 """
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.setenv("HPCPROC_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("HPCPROC_LIMS_URL", raising=False)
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-    return invoke
-
-
-def _one_line_error(result) -> str:
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_version(cli):
@@ -51,7 +31,7 @@ def test_validate_reports_file_line_col(cli, tmp_path):
     bad.write_text(TYPO_RECIPE)
     result = cli("recipes", "validate", bad)
     assert result.exit_code == 2
-    line = _one_line_error(result)
+    line = one_line_error(result)
     assert f"{bad}:4:11" in line and "xrd_integrat" in line and "xrd_integrate" in line
 
 
@@ -76,7 +56,7 @@ def test_run_with_a_broken_recipe_runs_and_records_nothing(
     bad.write_text(text)
     result = cli("run", bad, sim_scan.path)
     assert result.exit_code == 2
-    line = _one_line_error(result)
+    line = one_line_error(result)
     assert f"{bad}:{where}" in line and phrase in line
     assert "Dask dashboard" not in result.stderr  # no cluster was started
     assert json.loads(cli("status", "--json").stdout) == []
@@ -95,23 +75,23 @@ def test_shipped_recipes_validate_and_export_schema(cli):
 def test_bad_parameter_is_one_line_and_records_nothing(cli, sim_scan):
     result = cli("run", "xrd-map", sim_scan.path, "--param", "npt=lots")
     assert result.exit_code == 2
-    assert "npt" in _one_line_error(result)
+    assert "npt" in one_line_error(result)
     result = cli("run", "xrd-map", sim_scan.path, "--param", "npt")
     assert result.exit_code == 2
-    assert "name=value" in _one_line_error(result)
+    assert "name=value" in one_line_error(result)
     assert json.loads(cli("status", "--json").stdout) == []
 
 
 def test_missing_scan_and_unknown_cluster(cli, sim_scan, tmp_path):
     result = cli("run", "xrd-map", tmp_path / "nope.nxs")
     assert result.exit_code == 2
-    assert "nope.nxs" in _one_line_error(result)
+    assert "nope.nxs" in one_line_error(result)
     result = cli("run", "xrd-map", sim_scan.path, "--cluster", "nowhere")
     assert result.exit_code == 2
-    assert "nowhere" in _one_line_error(result)
+    assert "nowhere" in one_line_error(result)
     result = cli("status", "99")
     assert result.exit_code == 1
-    assert "99" in _one_line_error(result)
+    assert "99" in one_line_error(result)
 
 
 def test_demo_from_the_shell(tmp_path):
@@ -206,4 +186,4 @@ def test_run_waits_for_a_scan_file_that_appears(cli, sim_scan, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["status"] == "success"
     gone = cli("run", "xrf-map", tmp_path / "never.nxs", "--wait", "0.5")
-    assert gone.exit_code == 2 and "never.nxs" in _one_line_error(gone)
+    assert gone.exit_code == 2 and "never.nxs" in one_line_error(gone)

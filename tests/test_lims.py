@@ -76,9 +76,8 @@ _WRITTEN_CHILD_FIRST = (
 )
 
 
-@pytest.fixture(scope="module")
-def mariadb_url() -> Iterator[str]:
-    """A throwaway MariaDB database hpcproc_test_<random>, dropped afterwards."""
+def mariadb_server():
+    """The MariaDB server's engine, or skip the test naming where it was looked for."""
     pytest.importorskip("mysql.connector", reason="mysql-connector-python is not installed")
     server = create_engine(MARIADB_SERVER)
     where = f"{server.url.host}:{server.url.port or 3306}"  # 127.0.0.1:3306 unless overridden
@@ -89,6 +88,13 @@ def mariadb_url() -> Iterator[str]:
         server.dispose()
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
         pytest.skip(f"MariaDB not reachable at {where}: {reason}")
+    return server
+
+
+@pytest.fixture(scope="module")
+def mariadb_url() -> Iterator[str]:
+    """A throwaway MariaDB database hpcproc_test_<random>, dropped afterwards."""
+    server = mariadb_server()
     name = f"hpcproc_test_{uuid.uuid4().hex[:12]}"
     with server.begin() as conn:
         conn.execute(text(f"CREATE DATABASE `{name}`"))

@@ -16,7 +16,7 @@ import ispyb.sqlalchemy as isp
 import pytest
 from sqlalchemy import create_engine, delete, event, insert, inspect, text, update
 from sqlalchemy.engine import make_url
-from test_lims import _WRITTEN_CHILD_FIRST, MARIADB_SERVER, T0
+from test_lims import _WRITTEN_CHILD_FIRST, MARIADB_SERVER, T0, mariadb_server
 from test_lims import mariadb_url as mariadb_url  # the module's MariaDB database (fixture)
 
 from hpcproc.errors import LimsError
@@ -59,17 +59,7 @@ def scan(path: str, visit: str | None, title: str) -> ScanInfo:
 
 def _server():
     """The MariaDB server engine, or skip naming where it was looked for."""
-    pytest.importorskip("mysql.connector", reason="mysql-connector-python is not installed")
-    server = create_engine(MARIADB_SERVER)
-    where = f"{server.url.host}:{server.url.port or 3306}"  # 127.0.0.1:3306 unless overridden
-    try:
-        with server.connect():
-            pass
-    except Exception as exc:
-        server.dispose()
-        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
-        pytest.skip(f"MariaDB not reachable at {where}: {reason}")
-    return server
+    return mariadb_server()
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ import shutil
 
 import h5py
 import pytest
-from click.testing import CliRunner
+from conftest import one_line_error
 
-from hpcproc.cli import main
 from hpcproc.errors import InputError, LimsError
 from hpcproc.jobs import REPROCESS_OF, run_job
 from hpcproc.recipes import find_recipe, load_recipe_text
@@ -207,25 +206,6 @@ def test_changed_recipe_is_noted(scan, client, lims):
 # ---------------------------------------------------------------- the command
 
 
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.setenv("HPCPROC_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("HPCPROC_LIMS_URL", raising=False)
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-    return invoke
-
-
-def _one_line_error(result) -> str:
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
 def test_cli_reprocess_and_sweep(cli, scan):
     run = cli("run", "xrf-map", scan, "--json")
     assert run.exit_code == 0, run.output
@@ -259,9 +239,9 @@ def test_cli_reprocess_and_sweep(cli, scan):
     ]:
         bad = cli("reprocess", job["job"], *args)
         assert bad.exit_code == 2, bad.output
-        assert phrase in _one_line_error(bad)
+        assert phrase in one_line_error(bad)
         assert "Dask dashboard" not in bad.stderr
     missing = cli("reprocess", "99", "--param", "window_width=25")
     assert missing.exit_code == 1
-    assert "99" in _one_line_error(missing)
+    assert "99" in one_line_error(missing)
     assert len(json.loads(cli("status", "--json").stdout)) == 4  # nothing more recorded
