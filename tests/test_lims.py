@@ -7,6 +7,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -91,9 +92,9 @@ def mariadb_server():
     return server
 
 
-@pytest.fixture(scope="module")
-def mariadb_url() -> Iterator[str]:
-    """A throwaway MariaDB database hpcproc_test_<random>, dropped afterwards."""
+@contextmanager
+def throwaway_mariadb() -> Iterator[str]:
+    """The URL of a new MariaDB database hpcproc_test_<random>, dropped afterwards."""
     server = mariadb_server()
     name = f"hpcproc_test_{uuid.uuid4().hex[:12]}"
     with server.begin() as conn:
@@ -101,9 +102,17 @@ def mariadb_url() -> Iterator[str]:
     try:
         yield f"{MARIADB_SERVER}/{name}"
     finally:
+        server.dispose()  # a fresh connection: the server may have been restarted meanwhile
         with server.begin() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
         server.dispose()
+
+
+@pytest.fixture(scope="module")
+def mariadb_url() -> Iterator[str]:
+    """A throwaway MariaDB database shared by this module's tests."""
+    with throwaway_mariadb() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "mariadb"])

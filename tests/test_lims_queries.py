@@ -16,7 +16,7 @@ import ispyb.sqlalchemy as isp
 import pytest
 from sqlalchemy import create_engine, delete, event, insert, inspect, text, update
 from sqlalchemy.engine import make_url
-from test_lims import _WRITTEN_CHILD_FIRST, MARIADB_SERVER, T0, mariadb_server
+from test_lims import _WRITTEN_CHILD_FIRST, T0, mariadb_server, throwaway_mariadb
 from test_lims import mariadb_url as mariadb_url  # the module's MariaDB database (fixture)
 
 from hpcproc.errors import LimsError
@@ -65,17 +65,8 @@ def _server():
 @pytest.fixture
 def fresh_mariadb() -> Iterator[str]:
     """An empty MariaDB database of this test's own, dropped afterwards."""
-    server = _server()
-    name = f"hpcproc_test_{uuid.uuid4().hex[:12]}"
-    with server.begin() as conn:
-        conn.execute(text(f"CREATE DATABASE `{name}`"))
-    try:
-        yield f"{MARIADB_SERVER}/{name}"
-    finally:
-        server.dispose()  # a fresh connection: the server may have been restarted meanwhile
-        with server.begin() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-        server.dispose()
+    with throwaway_mariadb() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "mariadb"])
