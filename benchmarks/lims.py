@@ -1,17 +1,24 @@
 """LIMS status updates per second, sustained, on SQLite and MariaDB; none may be lost.
 
-Each step's life is four committed writes through :class:`hpcproc.lims.Lims`: create the program,
-set it running, add a message, set it to success (each ``set_status`` is a read, a
-compare-and-set update and a commit). The loop runs for ``duration`` seconds on one thread, then
-the rows are counted: a missing program, message or final status raises.
+Each step's life is four committed writes: create the program, set it running, add a message,
+set it to success (each ``set_status`` one compare-and-set UPDATE). Two ways in:
+
+- ``direct``: :class:`hpcproc.lims.Lims` calls, one transaction each (1 thread, and 4 threads
+  with a job each on MariaDB);
+- ``outbox``: :class:`hpcproc.lims.outbox.DurableLims`, the way hpcproc jobs record: each call
+  is made durable in the local outbox, and the applier group-commits what is queued. The clock
+  runs until the last write is committed in the LIMS.
+
+The loop runs for ``duration`` seconds on one thread, then the rows are counted: a missing
+program, message or final status raises.
 
 Baseline: the same number of bare SQLAlchemy Core inserts, one committed transaction each, into a
 one-table scratch database on the same backend with the same settings (SQLite: WAL,
-``synchronous=NORMAL``; MariaDB: the server's defaults): the floor that database sets on
-committed writes. ratio = ours / bare. Goal: >= 500 writes/s.
+``synchronous=NORMAL``; MariaDB: the server's defaults): the rate that database commits single
+writes at. ratio = ours / bare. Goal: >= 500 writes/s.
 
 MariaDB at 127.0.0.1:3306 (root, no password; ``HPCPROC_BENCH_MARIADB`` overrides the server
-URL) gets two fresh databases, dropped afterwards; if it does not answer, its rows say so.
+URL) gets fresh databases, dropped afterwards; if it does not answer, its rows say so.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from sqlalchemy import (
 
 from benchmarks.common import Result
 from hpcproc.lims import Lims
+from hpcproc.lims.outbox import DurableLims
 from hpcproc.nexus.scan import ScanInfo
 from hpcproc.status import Status
 
@@ -71,6 +79,31 @@ def _scan(path: str) -> ScanInfo:
         axis_units={"y": "mm", "x": "mm"},
         finished=False,
     )
+
+
+def _durable(url: str, duration: float, outbox: Path) -> tuple[int, float]:
+    """(committed writes, seconds) through the durable outbox, as a job records: step lifecycles
+    are queued for ``duration`` seconds, the clock stops when the last one is in the LIMS."""
+    with Lims(url) as lims:  # the schema, and a job to write to
+        dc = lims.record_scan(_scan("/bench/cm99999-1/bench-000001.nxs"))
+        job = lims.create_job(dc, "bench", {"outbox": True})
+    steps = 0
+    with DurableLims(url, outbox, id_wait=0) as durable:
+        t0 = time.perf_counter()
+        while time.perf_counter() < t0 + duration:
+            program = durable.create_program(job, f"step{steps}", "bench")
+            durable.set_status(program, Status.RUNNING)
+            durable.add_message(program, "INFO", f"step {steps} half-way")
+            durable.set_status(program, Status.SUCCESS)
+            steps += 1
+        if not durable.flush(600):
+            raise RuntimeError(f"LIMS outbox benchmark: {durable.pending()} writes never applied")
+        elapsed = time.perf_counter() - t0
+        if durable.failed():
+            raise RuntimeError(f"LIMS outbox benchmark: refused {durable.failed()[0]}")
+    with Lims(url) as lims:
+        _verify(lims, job, steps)
+    return steps * WRITES_PER_STEP, elapsed
 
 
 def _ours(url: str, duration: float, threads: int = 1) -> tuple[int, float]:
@@ -232,32 +265,40 @@ def _rows(
 
 
 def run(duration: float = 3.0, threads: int = 4) -> list[Result]:
-    """SQLite (1 thread: its writers are serialised anyway), MariaDB (1 and ``threads``)."""
+    """SQLite (1 thread: its writers are serialised anyway), MariaDB (1 and ``threads``), each
+    direct and through the outbox."""
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         writes, elapsed = _ours(f"sqlite:///{tmp}/lims.sqlite", duration)
         bare = _bare(f"sqlite:///{tmp}/scratch.sqlite", writes)
         setting = "SQLite WAL, synchronous=NORMAL, a file in a tempdir"
         results += _rows("status_updates_sqlite", writes, elapsed, bare, 1, setting)
-    try:
-        with _mariadb_databases(3) as (lims_url, scratch1, scratch2):
-            setting = "MariaDB at 127.0.0.1:3306, server defaults"
-            writes, elapsed = _ours(lims_url, duration)
-            bare = _bare(scratch1, writes)
-            results += _rows("status_updates_mariadb", writes, elapsed, bare, 1, setting)
-            writes, elapsed = _ours(lims_url, duration, threads)
-            bare = _bare(scratch2, writes, threads)
-            name = f"status_updates_mariadb_{threads}threads"
-            results += _rows(name, writes, elapsed, bare, threads, setting)
-    except ConnectionError as exc:
-        results.append(
-            Result(
-                "lims.status_updates_mariadb",
-                0.0,
-                "writes/s",
-                "bare Core inserts",
-                0.0,
-                note=f"skipped: {exc}",
+        outbox = Path(tmp) / "outbox.sqlite"
+        writes, elapsed = _durable(f"sqlite:///{tmp}/durable.sqlite", duration, outbox)
+        results += _rows("status_updates_sqlite_outbox", writes, elapsed, bare, 1, setting)
+        try:
+            with _mariadb_databases(4) as (lims_url, scratch1, scratch2, durable_url):
+                setting = "MariaDB at 127.0.0.1:3306, server defaults"
+                writes, elapsed = _ours(lims_url, duration)
+                bare = _bare(scratch1, writes)
+                results += _rows("status_updates_mariadb", writes, elapsed, bare, 1, setting)
+                outbox = Path(tmp) / "outbox-mariadb.sqlite"
+                writes, elapsed = _durable(durable_url, duration, outbox)
+                name = "status_updates_mariadb_outbox"
+                results += _rows(name, writes, elapsed, bare, 1, setting + "; group commit")
+                writes, elapsed = _ours(lims_url, duration, threads)
+                bare = _bare(scratch2, writes, threads)
+                name = f"status_updates_mariadb_{threads}threads"
+                results += _rows(name, writes, elapsed, bare, threads, setting)
+        except ConnectionError as exc:
+            results.append(
+                Result(
+                    "lims.status_updates_mariadb",
+                    0.0,
+                    "writes/s",
+                    "bare Core inserts",
+                    0.0,
+                    note=f"skipped: {exc}",
+                )
             )
-        )
     return results

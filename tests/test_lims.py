@@ -653,7 +653,8 @@ def test_racing_updates_apply_once(lims: Lims) -> None:
 
 
 def test_compare_and_set_retries_after_a_concurrent_move(lims: Lims) -> None:
-    """Another writer moves the step between our read and our update: we re-read and go on."""
+    """Another writer moves the step just before our compare-and-set update: ours still applies
+    (it is a forward move from the new state) and keeps the other writer's start time."""
     program = one_program(lims)
     other = Lims(lims._url.render_as_string(hide_password=False))
     sneaked: list[bool] = []
@@ -676,3 +677,27 @@ def test_compare_and_set_retries_after_a_concurrent_move(lims: Lims) -> None:
         T0 + timedelta(seconds=5),
     )
     assert [m.message for m in record.messages] == ["other", "mine"]
+
+
+def test_batch_commits_together_or_not_at_all(lims: Lims) -> None:
+    """Group commit: writes in ``batch()`` are one transaction, invisible to other connections
+    until it ends; an exception rolls every one of them back."""
+    program = one_program(lims)
+    other = Lims(lims._url.render_as_string(hide_password=False))
+    try:
+        with lims.batch():
+            lims.set_status(program, Status.RUNNING, "started", at=T0)
+            second = lims.create_program(lims.program(program).job_id, "reduce", "xrf_windows")
+            lims.add_message(second, "INFO", "in the same batch")
+            assert other.program(program).status is Status.QUEUED  # not committed yet
+        assert other.program(program).status is Status.RUNNING
+        assert [m.message for m in other.program(second).messages] == ["in the same batch"]
+
+        with pytest.raises(LimsError), lims.batch():
+            lims.set_status(program, Status.SUCCESS, "done")
+            lims.add_message(10**9, "INFO", "no such program")  # refused: all rolled back
+        record = other.program(program)
+        assert record.status is Status.RUNNING
+        assert [m.message for m in record.messages] == ["started"]
+    finally:
+        other.close()

@@ -218,22 +218,30 @@ CRASH_SCRIPT = [
     "set_environment",
     "set_status",
     "add_message",
+    "add_message",  # the same message again: a replay must find two, not one
     "add_attachment",
     "set_status",
 ]
+# (batch size, row whose batch crashes): one row at a time, in batches of 4, all in one batch
+CRASHES = [(1, i) for i in range(len(CRASH_SCRIPT))] + [(4, 0), (4, 5), (4, 8), (200, 0)]
 
 
-@pytest.mark.parametrize("crash_at", range(len(CRASH_SCRIPT)), ids=lambda i: CRASH_SCRIPT[i])
+@pytest.mark.parametrize(
+    ("batch_size", "crash_at"),
+    CRASHES,
+    ids=[f"batch{b}-{CRASH_SCRIPT[i]}{i}" for b, i in CRASHES],
+)
 def test_crash_between_apply_and_done_duplicates_nothing(
-    paths: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, crash_at: int
+    paths: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, batch_size: int, crash_at: int
 ) -> None:
     url, outbox = paths
-    first = DurableLims(url, outbox, start=False)
+    first = DurableLims(url, outbox, start=False, batch_size=batch_size)
     dc = first.record_scan(make_scan())
     job = first.create_job(dc, "xrd_map", {"npt": 2000}, display_name="xrd_map v1")
     program = first.create_program(job, "integrate", "xrd_integrate")
     first.set_environment(program, {"cluster": "local", "workers": 2})
     first.set_status(program, "running", "started")
+    first.add_message(program, "WARNING", "frame 7 saturated")
     first.add_message(program, "WARNING", "frame 7 saturated")
     first.add_attachment(program, "/data/out.nxs", "Result")
     first.set_status(program, "success", "done")
@@ -241,11 +249,11 @@ def test_crash_between_apply_and_done_duplicates_nothing(
     applied = threading.Event()
     original = DurableLims._done
 
-    def crash(self: DurableLims, seq: int, db_id: int | None) -> None:
-        if seq == crash_at + 1:  # applied in the LIMS, not yet marked done in the outbox
+    def crash(self: DurableLims, results: list[tuple[int, int | None]]) -> None:
+        if crash_at + 1 in {seq for seq, _ in results}:  # in the LIMS, not yet marked done
             applied.set()
             raise Crash
-        original(self, seq, db_id)
+        original(self, results)
 
     monkeypatch.setattr(DurableLims, "_done", crash)
     monkeypatch.setattr(threading, "excepthook", lambda _args: None)  # the dying applier
@@ -253,7 +261,8 @@ def test_crash_between_apply_and_done_duplicates_nothing(
     assert applied.wait(20)
     first._thread.join(10)
     assert not first._thread.is_alive()
-    assert first.pending() == len(CRASH_SCRIPT) - crash_at
+    batch_start = crash_at // batch_size * batch_size
+    assert first.pending() == len(CRASH_SCRIPT) - batch_start
     first.close(flush_timeout=0)
     monkeypatch.undo()
 
@@ -265,7 +274,7 @@ def test_crash_between_apply_and_done_duplicates_nothing(
             "ProcessingJob": 1,
             "ProcessingJobParameter": 1,
             "AutoProcProgram": 1,
-            "AutoProcProgramMessage": 4,  # environment, started, saturated, done
+            "AutoProcProgramMessage": 5,  # environment, started, saturated twice, done
             "AutoProcProgramAttachment": 1,
         }
         step = second.program(program)

@@ -65,7 +65,7 @@ from pathlib import Path, PurePath
 from typing import Any, ParamSpec, TypeVar
 
 import ispyb.sqlalchemy as isp
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -83,7 +83,7 @@ from hpcproc.lims.records import (
 )
 from hpcproc.lims.schema_check import SchemaReport, ensure_schema
 from hpcproc.nexus.scan import ScanInfo
-from hpcproc.status import Status, can_move
+from hpcproc.status import Status
 
 __all__ = [
     "ATTACHMENT_TYPES",
@@ -293,7 +293,8 @@ class Lims:
         # readers are serialised too.
         self._write_lock: Any = threading.RLock() if self._sqlite else nullcontext()
         self._read_lock: Any = self._write_lock if self._memory else nullcontext()
-        self._scan_lock = threading.Lock()  # record_scan's look-up-or-insert
+        self._scan_lock = threading.RLock()  # record_scan's look-up-or-insert
+        self._batch = threading.local()  # .conn: this thread's open batch() transaction
         try:
             self._create_schema()
         except SQLAlchemyError as exc:
@@ -349,10 +350,44 @@ class Lims:
         return LimsError(f"{what} ({self.url}): {text}")
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: the writes this thread makes inside share one transaction, committed at
+        the end (all or none: an exception rolls every one of them back).
+
+        One commit is one fsync on MariaDB, which caps single-transaction writes at the server's
+        commit rate; a batch pays it once. Used by the durable outbox to apply queued writes.
+        """
+        if getattr(self._batch, "conn", None) is not None:
+            yield  # nested: part of the outer batch
+            return
+        with self._scan_lock, self._write_lock, self._engine.begin() as conn:
+            self._batch.conn = conn
+            try:
+                yield
+            finally:
+                self._batch.conn = None
+
+    @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """One short write transaction (committed on exit)."""
+        """One short write transaction (committed on exit), or the open batch's."""
+        conn = getattr(self._batch, "conn", None)
+        if conn is not None:
+            yield conn
+            return
         with self._write_lock, self._engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def _orm(self) -> Iterator[Session]:
+        """An ORM session in a write transaction of its own, or in the open batch's."""
+        conn = getattr(self._batch, "conn", None)
+        if conn is None:
+            with self._write_lock, self._session.begin() as s:
+                yield s
+            return
+        with Session(bind=conn, expire_on_commit=False) as s:
+            yield s
+            s.flush()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -396,7 +431,7 @@ class Lims:
         run_status = RUN_FINISHED if scan.finished else RUN_RUNNING
         comments = " | ".join(x for x in (scan.title, scan.scan_command) if x)
 
-        with self._scan_lock, self._write_lock, self._session.begin() as s:
+        with self._scan_lock, self._orm() as s:
             dc = s.scalars(
                 select(DC)
                 .where(DC.imageDirectory == directory, DC.fileTemplate == template)
@@ -594,63 +629,42 @@ class Lims:
         """
         new = Status(status)
         when = _naive(at) or _now()
-        for _attempt in range(20):
-            with self._write() as conn:
-                row = conn.execute(
-                    select(_P.processingStatus, _P.processingStartTime).where(
-                        _P.autoProcProgramId == program_id
-                    )
-                ).first()
-                if row is None:
-                    raise LimsError(f"no processing program {program_id}")
-                old_code, old_start = row
-                if not can_move(_status_of(old_code, old_start), new):
-                    return False
-                values: dict[str, Any] = {}
-                note = None
+        values: dict[str, Any] = {}
+        if message is not None:
+            values["processingMessage"] = _cut(message, _size(_P.processingMessage))
+        with self._write() as conn:
+            if new is Status.SKIPPED:
+                moved, note = _skip(conn, program_id, when, values)
+            elif new is Status.QUEUED:  # never a forward move
+                moved, note = False, None
+            else:
+                # One compare-and-set UPDATE: the WHERE clause is can_move() in SQL, so a replayed
+                # or late update, or one racing another process, changes nothing.
+                where = _P.processingStatus.is_(None)  # queued or running
                 if new is Status.RUNNING:
+                    where = where & _P.processingStartTime.is_(None)  # queued
                     values["processingStartTime"] = when
-                elif new is Status.SKIPPED:
-                    values.update(processingStatus=0, processingEndTime=when)
-                    if old_start is not None:
-                        values["processingStartTime"] = None
-                        note = f"skipped after running since {old_start.isoformat(sep=' ')}"
                 else:
                     values.update(
                         processingStatus=1 if new is Status.SUCCESS else 0,
                         processingEndTime=when,
+                        processingStartTime=func.coalesce(_P.processingStartTime, when),
                     )
-                    if old_start is None:
-                        values["processingStartTime"] = when
-                if message is not None:
-                    values["processingMessage"] = _cut(message, _size(_P.processingMessage))
-                # Compare-and-set on the state: applies only if nobody moved the step meanwhile
-                # (another thread, or another process on the same database).
-                code_is = (
-                    _P.processingStatus.is_(None)
-                    if old_code is None
-                    else _P.processingStatus == old_code
-                )
-                start_is = (
-                    _P.processingStartTime.is_(None)
-                    if old_start is None
-                    else _P.processingStartTime.is_not(None)
-                )
                 result = conn.execute(
-                    update(_APP)
-                    .where(_APP.c.autoProcProgramId == program_id, code_is, start_is)
-                    .values(**values)
+                    update(_APP).where(_APP.c.autoProcProgramId == program_id, where).values(values)
                 )
-                if result.rowcount != 1:
-                    conn.rollback()
-                    continue
-                if note is not None:
-                    _insert_message(conn, program_id, "INFO", note, None, when)
-                if message is not None:
-                    severity = "ERROR" if new is Status.FAILED else "INFO"
-                    _insert_message(conn, program_id, severity, message, None, when)
-                return True
-        raise LimsError(f"processing program {program_id}: status kept changing, {new} not set")
+                moved, note = result.rowcount == 1, None
+            if not moved:
+                exists = select(_P.autoProcProgramId).where(_P.autoProcProgramId == program_id)
+                if conn.execute(exists).first() is None:
+                    raise LimsError(f"no processing program {program_id}")
+                return False
+            if note is not None:
+                _insert_message(conn, program_id, "INFO", note, None, when)
+            if message is not None:
+                severity = "ERROR" if new is Status.FAILED else "INFO"
+                _insert_message(conn, program_id, severity, message, None, when)
+            return True
 
     @_db_call
     def set_progress(self, program_id: int, text: str) -> bool:
@@ -818,6 +832,35 @@ class Lims:
 
 
 # ---------------------------------------------------------------- statements
+
+
+def _skip(
+    conn: Connection, program_id: int, when: datetime, values: dict[str, Any]
+) -> tuple[bool, str | None]:
+    """Skip a queued or running step: (moved, an INFO note keeping a dropped start time).
+
+    The encoding needs a skipped step's start NULL, so the start is read (locked on MariaDB) to
+    keep it in a note, then cleared by a compare-and-set on what was read."""
+    row = conn.execute(
+        select(_P.processingStatus, _P.processingStartTime)
+        .where(_P.autoProcProgramId == program_id)
+        .with_for_update()
+    ).first()
+    if row is None or row[0] is not None:  # missing, or already final
+        return False, None
+    start = row[1]
+    values = {**values, "processingStatus": 0, "processingEndTime": when}
+    note = None
+    if start is not None:
+        values["processingStartTime"] = None
+        note = f"skipped after running since {start.isoformat(sep=' ')}"
+    started = _P.processingStartTime.is_(None) if start is None else _P.processingStartTime == start
+    result = conn.execute(
+        update(_APP)
+        .where(_APP.c.autoProcProgramId == program_id, _P.processingStatus.is_(None), started)
+        .values(values)
+    )
+    return result.rowcount == 1, note
 
 
 def _insert_message(

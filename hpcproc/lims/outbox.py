@@ -4,7 +4,10 @@
 Every write is first appended to the *outbox*, a local SQLite file (WAL, ``synchronous=FULL``:
 once a call has returned, its row survives a crash of the process and a power cut), one row per
 call (``seq``, method, tagged-JSON arguments). One background thread, the *applier*, applies the
-rows to the LIMS strictly in ``seq`` order and deletes each once applied. A write therefore never
+rows to the LIMS strictly in ``seq`` order and deletes them once applied. It applies what is
+queued in batches (up to ``batch_size`` rows, one LIMS transaction each, :meth:`Lims.batch`):
+a commit costs the database an fsync, so group commit is what lets a busy beamline's updates
+outrun the server's commit rate; with one row queued, a batch is that row. A write therefore never
 waits for the database and never raises because it is unreachable; it raises
 :class:`~hpcproc.errors.LimsError` at once only for input that could never be recorded (an
 unknown status, severity or attachment type, a bad visit, a local id this outbox never gave out,
@@ -24,7 +27,8 @@ Outage. When a row fails for a connection problem (SQLAlchemy OperationalError/I
 disconnect, also when opening the LIMS at start-up), the applier retries the *same* row after a
 back-off (0.2 s doubling to 5 s): rows are never reordered or dropped. A row the LIMS refuses for
 a logical reason (e.g. unknown program) is kept in the outbox as *failed* with the reason
-(:meth:`DurableLims.failed`) and the next row is applied; rows that use an id created by a failed
+(:meth:`DurableLims.failed`) and the next row is applied (a batch holding it is rolled back and
+applied again row by row, so only that row fails); rows that use an id created by a failed
 row fail too, naming it.
 
 Crash safety. A row applied in the LIMS whose deletion from the outbox was lost (crash in
@@ -34,10 +38,12 @@ write must be harmless to replay:
 - ``record_scan`` is a look-up by file path; ``set_status`` is monotonic (a replay changes
   nothing); ``set_progress`` writes the same text again.
 - Rows that insert (``create_job``, ``create_program``, ``add_message``, ``add_attachment``,
-  ``set_environment``'s INFO message) first store a *watermark* in the outbox: the largest id of
-  the table they insert into, among the rows of the same parent (data collection, job, program).
-  When a row with a watermark is applied again, the applier looks for a row above the watermark
-  with the same content and reuses it instead of inserting a second one. This needs no extra
+  ``set_environment``'s INFO message) first store a *watermark* in the outbox: the largest
+  committed id of the table they insert into, among the rows of the same parent (data
+  collection, job, program; 0 when the parent is created in the same batch). When a row with a
+  watermark is applied again, the applier looks for a row above the watermark with the same
+  content, not already claimed by an earlier row of the batch, and reuses it instead of
+  inserting a second one. This needs no extra
   column or parameter in ISPyB and is exact for one writer per parent, which is how hpcproc
   works (a job's steps are written by the process that runs the job).
 
@@ -94,6 +100,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 0.2  # s before the first retry after a connection problem
 BACKOFF_MAX = 5.0  # s between retries at most
+BATCH_MAX = 200  # queued writes applied in one LIMS transaction at most (group commit)
+LINGER = 0.05  # s the applier waits for more writes when a batch is not full
 # MySQL/MariaDB error numbers that mean "try again later" even when not an OperationalError.
 _TRANSIENT_ERRNOS = {1040, 1053, 1205, 1213, 1927, 2002, 2003, 2005, 2006, 2013, 2055, 4031}
 
@@ -260,7 +268,7 @@ def _same(stored: str | None, given: Any) -> bool:
     return stored == text or (stored.endswith("...") and text.startswith(stored[:-3]))
 
 
-def _job_lookup(lims: Lims, a: dict[str, Any], mark: int) -> int | None:
+def _job_lookup(lims: Lims, a: dict[str, Any], mark: int) -> list[int]:
     from hpcproc.lims.adapter import encode_parameter
 
     PJ, PJP = isp.ProcessingJob, isp.ProcessingJobParameter
@@ -268,6 +276,7 @@ def _job_lookup(lims: Lims, a: dict[str, Any], mark: int) -> int | None:
         lims, PJ.__table__, PJ.processingJobId, PJ.dataCollectionId, a["dc_id"], mark
     )
     wanted = {str(k): encode_parameter(v) for k, v in a["parameters"].items()}
+    found = []
     for row in rows:
         if not (
             _same(row["recipe"], a["recipe"])
@@ -284,8 +293,8 @@ def _job_lookup(lims: Lims, a: dict[str, Any], mark: int) -> int | None:
                 ).all()
             )
         if params == wanted:
-            return int(row["processingJobId"])
-    return None
+            found.append(int(row["processingJobId"]))
+    return found
 
 
 def _program_watermark(lims: Lims, a: dict[str, Any]) -> int:
@@ -293,13 +302,14 @@ def _program_watermark(lims: Lims, a: dict[str, Any]) -> int:
     return _max_id(lims, P.autoProcProgramId, P.processingJobId, a["job_id"])
 
 
-def _program_lookup(lims: Lims, a: dict[str, Any], mark: int) -> int | None:
+def _program_lookup(lims: Lims, a: dict[str, Any], mark: int) -> list[int]:
     P = isp.AutoProcProgram
     rows = _rows_above(lims, P.__table__, P.autoProcProgramId, P.processingJobId, a["job_id"], mark)
-    for row in rows:
-        if row["processingCommandLine"] == a["step_id"] and row["processingPrograms"] == a["uses"]:
-            return int(row["autoProcProgramId"])
-    return None
+    return [
+        int(row["autoProcProgramId"])
+        for row in rows
+        if row["processingCommandLine"] == a["step_id"] and row["processingPrograms"] == a["uses"]
+    ]
 
 
 def _message_watermark(lims: Lims, a: dict[str, Any]) -> int:
@@ -314,19 +324,21 @@ def _message_rows(lims: Lims, a: dict[str, Any], mark: int) -> list:
     )
 
 
-def _message_lookup(lims: Lims, a: dict[str, Any], mark: int) -> int | None:
+def _message_lookup(lims: Lims, a: dict[str, Any], mark: int) -> list[int]:
     head = str(a["message"])[:100]
-    for row in _message_rows(lims, a, mark):
-        if row["severity"] == str(a["severity"]).upper() and (row["message"] or "")[:100] == head:
-            return int(row["autoProcProgramMessageId"])
-    return None
+    return [
+        int(row["autoProcProgramMessageId"])
+        for row in _message_rows(lims, a, mark)
+        if row["severity"] == str(a["severity"]).upper() and (row["message"] or "")[:100] == head
+    ]
 
 
-def _environment_lookup(lims: Lims, a: dict[str, Any], mark: int) -> int | None:
-    for row in _message_rows(lims, a, mark):
-        if row["severity"] == "INFO" and row["message"] == "environment":
-            return int(row["autoProcProgramMessageId"])
-    return None
+def _environment_lookup(lims: Lims, a: dict[str, Any], mark: int) -> list[int]:
+    return [
+        int(row["autoProcProgramMessageId"])
+        for row in _message_rows(lims, a, mark)
+        if row["severity"] == "INFO" and row["message"] == "environment"
+    ]
 
 
 def _attachment_watermark(lims: Lims, a: dict[str, Any]) -> int:
@@ -334,7 +346,7 @@ def _attachment_watermark(lims: Lims, a: dict[str, Any]) -> int:
     return _max_id(lims, A.autoProcProgramAttachmentId, A.autoProcProgramId, a["program_id"])
 
 
-def _attachment_lookup(lims: Lims, a: dict[str, Any], mark: int) -> int | None:
+def _attachment_lookup(lims: Lims, a: dict[str, Any], mark: int) -> list[int]:
     A = isp.AutoProcProgramAttachment
     path = Path(a["path"])
     rows = _rows_above(
@@ -345,32 +357,35 @@ def _attachment_lookup(lims: Lims, a: dict[str, Any], mark: int) -> int | None:
         a["program_id"],
         mark,
     )
-    for row in rows:
-        if row["fileName"] == path.name and row["filePath"] == str(path.parent):
-            return int(row["autoProcProgramAttachmentId"])
-    return None
+    return [
+        int(row["autoProcProgramAttachmentId"])
+        for row in rows
+        if row["fileName"] == path.name and row["filePath"] == str(path.parent)
+    ]
 
 
 @dataclass(frozen=True)
 class _Kind:
     creates: bool = False  # returns a new id (a local id until applied)
     id_arg: str | None = None  # the argument holding an id that may be local
+    table: str | None = None  # the table it inserts into (ids claimed by a replay, per table)
     watermark: Callable[[Lims, dict[str, Any]], int] | None = None
-    lookup: Callable[[Lims, dict[str, Any], int], int | None] | None = None
+    # The ids above a watermark of rows with the same content, in insertion order.
+    lookup: Callable[[Lims, dict[str, Any], int], list[int]] | None = None
 
 
 _KINDS: dict[str, _Kind] = {
     "record_scan": _Kind(creates=True),  # idempotent by file path
-    "create_job": _Kind(True, "dc_id", _job_watermark, _job_lookup),
-    "create_program": _Kind(True, "job_id", _program_watermark, _program_lookup),
+    "create_job": _Kind(True, "dc_id", "job", _job_watermark, _job_lookup),
+    "create_program": _Kind(True, "job_id", "program", _program_watermark, _program_lookup),
     "set_status": _Kind(id_arg="program_id"),  # monotonic
     "set_progress": _Kind(id_arg="program_id"),  # same text again
     "set_environment": _Kind(
-        id_arg="program_id", watermark=_message_watermark, lookup=_environment_lookup
+        False, "program_id", "message", _message_watermark, _environment_lookup
     ),
-    "add_message": _Kind(id_arg="program_id", watermark=_message_watermark, lookup=_message_lookup),
+    "add_message": _Kind(False, "program_id", "message", _message_watermark, _message_lookup),
     "add_attachment": _Kind(
-        id_arg="program_id", watermark=_attachment_watermark, lookup=_attachment_lookup
+        False, "program_id", "attachment", _attachment_watermark, _attachment_lookup
     ),
 }
 
@@ -395,6 +410,8 @@ class DurableLims:
         *,
         id_wait: float = 0.5,
         backoff: tuple[float, float] = (BACKOFF_FIRST, BACKOFF_MAX),
+        batch_size: int = BATCH_MAX,
+        linger: float = LINGER,
         start: bool = True,
     ) -> None:
         self._target = url
@@ -408,6 +425,8 @@ class DurableLims:
             raise LimsError("LIMS URL is not a URL like sqlite:///path/lims.sqlite") from None
         self.outbox_path = Path(outbox_path)
         self.id_wait = max(0.0, float(id_wait))
+        self.batch_size = max(1, int(batch_size))
+        self.linger = max(0.0, float(linger))
         self._backoff = backoff
         self.outbox_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(f"{self.outbox_path}.lock", "a+")  # noqa: SIM115 (held open)
@@ -699,26 +718,25 @@ class DurableLims:
     def _run(self) -> None:
         delay = self._backoff[0]
         while not self._stop.is_set():
-            rows = self._sql(
-                "SELECT seq, method, args, watermark FROM outbox WHERE state = 'pending' "
-                "ORDER BY seq LIMIT 1"
-            )
+            rows = self._pending_rows()
             if not rows:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
-            seq, method, args, watermark = rows[0]
-            try:
-                self._apply(seq, method, args, watermark)
-            except _Failed as exc:
-                self._fail(seq, method, str(exc))
-            except Exception as exc:
-                if not isinstance(exc, _Unreachable) and not _transient(exc):
-                    self._fail(seq, method, _one_line(exc))
-                    continue
-                if self._healthy:
-                    log.warning("LIMS unreachable, writes kept in %s: %s", self.outbox_path, exc)
-                self._set_health(False, _one_line(exc))
+            if len(rows) < self.batch_size and self._stop.wait(self.linger) is False:
+                # Lingered a moment so that a burst of writes shares one batch: a batch costs
+                # three commits (watermarks, LIMS, outbox) whatever its size.
+                rows = self._pending_rows()
+            outcome = self._attempt(rows, set())
+            if outcome == "refused":
+                # The LIMS refused a row of the batch (and so none of it was committed): apply
+                # them one by one, so that only that row fails.
+                unapplied = {row[0] for row in rows}
+                for row in rows:
+                    outcome = self._attempt([row], unapplied)
+                    if outcome == "unreachable":
+                        break
+            if outcome == "unreachable":
                 self._stop.wait(delay)
                 delay = min(delay * 2, self._backoff[1])
                 continue
@@ -727,6 +745,32 @@ class DurableLims:
             self._set_health(True, None)
             delay = self._backoff[0]
 
+    def _pending_rows(self) -> list[tuple[Any, ...]]:
+        """The next batch: up to ``batch_size`` pending rows, oldest first."""
+        return self._sql(
+            "SELECT seq, method, args, watermark FROM outbox WHERE state = 'pending' "
+            "ORDER BY seq LIMIT ?",
+            (self.batch_size,),
+        )
+
+    def _attempt(self, rows: list[tuple[Any, ...]], unapplied: set[int]) -> str:
+        """Apply ``rows`` in one transaction: "ok" (applied, or the one row failed for good),
+        "refused" (a row of several refused: nothing applied) or "unreachable" (retry later)."""
+        try:
+            self._apply(rows, unapplied)
+            return "ok"
+        except Exception as exc:
+            if isinstance(exc, _Unreachable) or (not isinstance(exc, _Failed) and _transient(exc)):
+                if self._healthy:
+                    log.warning("LIMS unreachable, writes kept in %s: %s", self.outbox_path, exc)
+                self._set_health(False, _one_line(exc))
+                return "unreachable"
+            if len(rows) > 1:
+                return "refused"
+            reason = str(exc) if isinstance(exc, _Failed) else _one_line(exc)
+            self._fail(rows[0][0], rows[0][1], reason)
+            return "ok"
+
     def _set_health(self, healthy: bool, error: str | None) -> None:
         with self._changed:
             self._healthy = healthy
@@ -734,32 +778,80 @@ class DurableLims:
                 self.last_error = error
             self._changed.notify_all()
 
-    def _apply(self, seq: int, method: str, payload: str, watermark: int | None) -> None:
-        kind = _KINDS.get(method)
-        if kind is None:
-            raise _Failed(f"unknown outbox call {method!r}")
-        args = _decode(json.loads(payload))
-        if kind.id_arg is not None and args[kind.id_arg] < 0:
-            args[kind.id_arg] = self._translate(args[kind.id_arg])
+    def _apply(self, rows: list[tuple[Any, ...]], unapplied: set[int]) -> None:
+        """Apply outbox rows (in ``seq`` order) to the LIMS in one transaction, then delete them.
+
+        Watermarks are taken first, from the committed state, and stored in the outbox before
+        the LIMS transaction starts. A row that already had one was tried before and may be in
+        the LIMS (a commit whose news was lost): its lookup finds what it inserted, skipping ids
+        claimed by earlier rows of this batch (two identical messages are two rows). Rows in
+        ``unapplied`` are known not to be in the LIMS (their batch was refused)."""
+        batch: list[tuple[int, str, _Kind, dict[str, Any], int | None, bool]] = []
+        created: dict[int, int | None] = {}  # local id -> database id, for creates in this batch
+        marks: list[tuple[int, int]] = []
+        known: dict[tuple[str | None, int], int] = {}  # (table, parent) -> watermark
+        for seq, method, payload, watermark in rows:
+            kind = _KINDS.get(method)
+            if kind is None:
+                raise _Failed(f"unknown outbox call {method!r}")
+            args = _decode(json.loads(payload))
+            lookup = watermark is not None and seq not in unapplied
+            if kind.watermark is not None and watermark is None:
+                parent = args[kind.id_arg] if kind.id_arg else None
+                if parent is not None and parent < 0 and parent in created:
+                    watermark = 0  # its parent is created in this batch: it has no rows yet
+                else:
+                    # The same for every row of the batch with this parent: ask once.
+                    key = (kind.table, self._ids(args, kind)[kind.id_arg or ""])
+                    if key not in known:
+                        lims = self._lims_or_unreachable()
+                        known[key] = kind.watermark(lims, self._ids(args, kind))
+                    watermark = known[key]
+                marks.append((watermark, seq))
+            if kind.creates:
+                created[-seq] = None
+            batch.append((seq, method, kind, args, watermark, lookup))
+        if marks:
+            self._transaction(
+                lambda db: db.executemany(
+                    "UPDATE outbox SET watermark = ?, attempts = attempts + 1 WHERE seq = ?", marks
+                )
+            )
+        lims = self._lims_or_unreachable()
+        claimed: dict[str | None, set[int]] = {}
+        results: list[tuple[int, int | None]] = []
+        with lims.batch():
+            for seq, method, kind, args, watermark, lookup in batch:
+                args = self._ids(args, kind, created)
+                found = None
+                if lookup and kind.lookup is not None and watermark is not None:
+                    taken = claimed.setdefault(kind.table, set())
+                    found = next(
+                        (i for i in kind.lookup(lims, args, watermark) if i not in taken), None
+                    )
+                    if found is not None:
+                        taken.add(found)
+                result = found if found is not None else getattr(lims, method)(**args)
+                if kind.creates:
+                    created[-seq] = int(result)
+                results.append((seq, int(result) if kind.creates else None))
+        self._done(results)
+
+    def _lims_or_unreachable(self) -> Lims:
         try:
-            lims = self._connect()
+            return self._connect()
         except Exception as exc:
             raise _Unreachable(_one_line(exc)) from exc
-        if kind.watermark is not None and kind.lookup is not None:
-            if watermark is None:
-                watermark = kind.watermark(lims, args)
-                self._sql(
-                    "UPDATE outbox SET watermark = ?, attempts = attempts + 1 WHERE seq = ?",
-                    (watermark, seq),
-                )
-            else:
-                # Tried before: maybe applied with the news lost. Reuse what it inserted.
-                found = kind.lookup(lims, args, watermark)
-                if found is not None:
-                    self._done(seq, found if kind.creates else None)
-                    return
-        result = getattr(lims, method)(**args)
-        self._done(seq, int(result) if kind.creates else None)
+
+    def _ids(
+        self, args: dict[str, Any], kind: _Kind, created: Mapping[int, int | None] | None = None
+    ) -> dict[str, Any]:
+        """``args`` with a local id replaced by its database id (from ``created`` first)."""
+        local = args.get(kind.id_arg) if kind.id_arg else None
+        if local is None or local >= 0:
+            return args
+        db_id = (created or {}).get(local)
+        return {**args, kind.id_arg: db_id if db_id is not None else self._translate(local)}
 
     def _translate(self, local: int) -> int:
         db_id, error = self._resolved(local)
@@ -769,11 +861,15 @@ class DurableLims:
             raise _Failed(f"uses {local}, whose create failed: {error}")
         raise _Failed(f"uses {local}, which no earlier write of this outbox created")
 
-    def _done(self, seq: int, db_id: int | None) -> None:
+    def _done(self, results: list[tuple[int, int | None]]) -> None:
+        """Mark applied rows done: record the database ids of creates, delete the rows."""
+
         def work(db: sqlite3.Connection) -> None:
-            if db_id is not None:
-                db.execute("UPDATE ids SET db = ? WHERE local = ?", (db_id, -seq))
-            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            db.executemany(
+                "UPDATE ids SET db = ? WHERE local = ?",
+                [(db_id, -seq) for seq, db_id in results if db_id is not None],
+            )
+            db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in results])
 
         self._transaction(work)
         with self._changed:
