@@ -26,6 +26,7 @@ from hpcproc.recipes import Recipe
 from hpcproc.status import Status
 
 ProgressFn = Callable[[str, int, int], None]  # (step id, points done, points in all)
+StatusFn = Callable[[str, Status, str], None]  # (step id, new status, message)
 
 # ProcessingJob has no parent column in ISPyB: a reprocessed job records the id of the job it
 # reprocesses as a ProcessingJobParameter with this reserved key (no recipe parameter has a dot).
@@ -59,15 +60,24 @@ class _LimsRecorder:
 
     LIMS_EVERY = 1.0  # s between live-status updates of one step in the LIMS
 
-    def __init__(self, lims: Lims, programs: Mapping[str, int], progress: ProgressFn | None):
+    def __init__(
+        self,
+        lims: Lims,
+        programs: Mapping[str, int],
+        progress: ProgressFn | None,
+        on_status: StatusFn | None = None,
+    ):
         self.lims = lims
         self.programs = programs
         self.progress = progress
+        self.on_status = on_status
         self._last: dict[str, float] = {}
 
     def step_status(self, step_id: str, status: Status, message: str = "") -> None:
         # With a message, the LIMS also files it as an ERROR (failed) or INFO message row.
         self.lims.set_status(self.programs[step_id], status, message or None)
+        if self.on_status is not None:
+            self.on_status(step_id, status, message)
 
     def step_progress(self, step_id: str, progress: Progress) -> None:
         if self.progress is not None:
@@ -143,6 +153,81 @@ def run_job(
     return run_plan(prepare(recipe, scan_path, overrides), **options)
 
 
+@dataclass(frozen=True)
+class RecordedJob:
+    """A job recorded in the LIMS (ids may be the outbox's local ids), not yet run."""
+
+    job_id: int
+    dc_id: int
+    programs: dict[str, int]  # step id -> AutoProcProgram id
+    parent_job: int | None = None
+
+
+def record_plan(
+    plan: JobPlan,
+    *,
+    lims: Lims,
+    automatic: bool = False,
+    parent_job: int | None = None,
+    display_name: str | None = None,
+) -> RecordedJob:
+    """Record a prepared job in the LIMS: its data collection, job, parameters and steps
+    (all queued). The launcher records before it acknowledges the message that asked."""
+    recipe, scan = plan.recipe, plan.scan
+    dc_id = lims.record_scan(scan)
+    parameters = dict(plan.parameters)
+    comments = f"recipe sha256 {recipe.sha256}"
+    if parent_job is not None:
+        parameters[REPROCESS_OF] = int(parent_job)
+        comments = f"reprocess of job {int(parent_job)}; {comments}"
+    job_id = lims.create_job(
+        dc_id,
+        recipe.name,
+        parameters,
+        display_name=display_name or f"{recipe.name} v{recipe.version}",
+        comments=comments,
+        automatic=automatic,
+    )
+    programs = {s.id: lims.create_program(job_id, s.id, s.spec.uses) for s in plan.steps}
+    return RecordedJob(job_id, dc_id, programs, parent_job)
+
+
+def execute_plan(
+    plan: JobPlan,
+    job: RecordedJob,
+    *,
+    lims: Lims,
+    client: Client,
+    cluster: str = "local",
+    progress: ProgressFn | None = None,
+    on_status: StatusFn | None = None,
+) -> JobOutcome:
+    """Run a recorded job on ``client``, recording its progress, and file its results.
+    ``progress`` and ``on_status`` hear of each step's progress and status changes."""
+    recipe, scan, programs = plan.recipe, plan.scan, job.programs
+    env = {"cluster": cluster, "dask_dashboard": client.dashboard_link}
+    for pid in programs.values():
+        lims.set_environment(pid, env)
+    out_path = processed_path(scan.path, recipe.name, job.job_id)
+    recorder = _LimsRecorder(lims, programs, progress, on_status)
+    statuses: dict[str, Status] = {}
+    provenance = _provenance(plan, job.job_id, job.dc_id, programs, job.parent_job)
+    try:
+        with ProcessedFile(out_path, scan, title=f"{recipe.name} on {scan.scan_id}") as out:
+            statuses = Dispatcher(client, recorder).run(plan, out, provenance)
+    except BaseException as exc:  # interrupted or the cluster died: never leave a step running
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"job aborted: {exc}"
+        for pid in programs.values():
+            lims.set_status(pid, Status.FAILED, why)
+        raise
+    finally:
+        if out_path.exists():
+            for sid, pid in programs.items():
+                if statuses.get(sid) in (Status.SUCCESS, Status.FAILED):
+                    lims.add_attachment(pid, out_path, "Result", 1)
+    return JobOutcome(job.job_id, recipe.name, scan.path, out_path, statuses)
+
+
 def run_plan(
     plan: JobPlan,
     *,
@@ -160,41 +245,7 @@ def run_plan(
     in the comments and in the processed file's provenance. ``display_name`` replaces the
     default "<recipe> v<version>".
     """
-    recipe, scan = plan.recipe, plan.scan
-    dc_id = lims.record_scan(scan)
-    parameters = dict(plan.parameters)
-    comments = f"recipe sha256 {recipe.sha256}"
-    if parent_job is not None:
-        parameters[REPROCESS_OF] = int(parent_job)
-        comments = f"reprocess of job {int(parent_job)}; {comments}"
-    job_id = lims.create_job(
-        dc_id,
-        recipe.name,
-        parameters,
-        display_name=display_name or f"{recipe.name} v{recipe.version}",
-        comments=comments,
-        automatic=automatic,
+    job = record_plan(
+        plan, lims=lims, automatic=automatic, parent_job=parent_job, display_name=display_name
     )
-    programs = {s.id: lims.create_program(job_id, s.id, s.spec.uses) for s in plan.steps}
-    env = {"cluster": cluster, "dask_dashboard": client.dashboard_link}
-    for pid in programs.values():
-        lims.set_environment(pid, env)
-    out_path = processed_path(scan.path, recipe.name, job_id)
-    recorder = _LimsRecorder(lims, programs, progress)
-    statuses: dict[str, Status] = {}
-    try:
-        with ProcessedFile(out_path, scan, title=f"{recipe.name} on {scan.scan_id}") as out:
-            statuses = Dispatcher(client, recorder).run(
-                plan, out, _provenance(plan, job_id, dc_id, programs, parent_job)
-            )
-    except BaseException as exc:  # interrupted or the cluster died: never leave a step running
-        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"job aborted: {exc}"
-        for pid in programs.values():
-            lims.set_status(pid, Status.FAILED, why)
-        raise
-    finally:
-        if out_path.exists():
-            for sid, pid in programs.items():
-                if statuses.get(sid) in (Status.SUCCESS, Status.FAILED):
-                    lims.add_attachment(pid, out_path, "Result", 1)
-    return JobOutcome(job_id, recipe.name, scan.path, out_path, statuses)
+    return execute_plan(plan, job, lims=lims, client=client, cluster=cluster, progress=progress)
