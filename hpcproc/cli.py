@@ -362,6 +362,127 @@ def demo(
 
 # ---------------------------------------------------------------- status
 @main.command()
+@click.option(
+    "--amqp",
+    "amqp_url",
+    envvar="HPCPROC_AMQP_URL",
+    help="Consume scan messages from this AMQP broker (amqp://user:pw@host:5672/%2F).",
+)
+@click.option("--queue", default="hpcproc.scans", show_default=True, help="AMQP queue.")
+@click.option(
+    "--exchange",
+    default="gda.scans",
+    show_default=True,
+    help="Topic exchange acquisition publishes to ('' = none: publish to the queue).",
+)
+@click.option("--dead-letter", default="hpcproc.scans.dead", show_default=True)
+@click.option("--stomp", "stomp_addr", metavar="HOST:PORT", help="Also consume over STOMP.")
+@click.option("--stomp-destination", default="/queue/hpcproc.scans", show_default=True)
+@click.option(
+    "--watch",
+    "watch_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Watch this data directory for new scan files (the default source with no broker).",
+)
+@click.option(
+    "--feedback",
+    type=click.Choice(["amqp", "log"]),
+    default=None,
+    help="Where progress and results go (default: amqp with --amqp, else log).",
+)
+@click.option("--notify", "notify_spec", envvar="HPCPROC_NOTIFY", help="log,smtp://host:port?...")
+@click.option("--cluster", default="local", show_default=True, help="Cluster profile name or file.")
+@click.option("--max-jobs", default=4, show_default=True, help="Jobs running at once.")
+@click.option("--file-wait", default=60.0, show_default=True, help="s to wait for a scan file.")
+@click.option("--health-port", type=int, default=None, help="Serve GET /health on this port.")
+@click.option("--drain", type=float, default=None, help="s to let running jobs finish on shutdown.")
+@click.pass_context
+def launcher(
+    ctx: click.Context,
+    amqp_url: str | None,
+    queue: str,
+    exchange: str,
+    dead_letter: str,
+    stomp_addr: str | None,
+    stomp_destination: str,
+    watch_dir: Path | None,
+    feedback: str | None,
+    notify_spec: str | None,
+    cluster: str,
+    max_jobs: int,
+    file_wait: float,
+    health_port: int | None,
+    drain: float | None,
+) -> None:
+    """Start processing by itself when scans start: a long-running service.
+
+    Listens for scan messages (GDA status messages or bluesky documents) on AMQP and/or STOMP,
+    or watches a data directory; records each scan and its jobs in the LIMS and runs them live
+    and downstream. SIGTERM or Ctrl-C: stop listening, let running jobs finish, exit.
+    """
+    import signal
+    import threading
+
+    from hpcproc.dispatch.clusters import load_profile, open_client
+    from hpcproc.launch.amqp import AmqpSource
+    from hpcproc.launch.feedback import AmqpFeedback, LogFeedback
+    from hpcproc.launch.file_watch import FileWatch
+    from hpcproc.launch.launcher import Launcher
+    from hpcproc.launch.service import serve
+    from hpcproc.launch.state import LauncherState
+    from hpcproc.launch.stomp_source import StompSource
+    from hpcproc.notify import notifiers_from_spec
+
+    home = config.home()
+    sources: list[Any] = []
+    if amqp_url:
+        sources.append(
+            AmqpSource(amqp_url, queue=queue, exchange=exchange or None, dead_letter=dead_letter)
+        )
+    if stomp_addr:
+        host, _, port = stomp_addr.rpartition(":")
+        if not host or not port.isdigit():
+            raise InputError(f"--stomp {stomp_addr!r} is not HOST:PORT")
+        sources.append(StompSource(host, int(port), destination=stomp_destination))
+    if watch_dir is not None or not sources:
+        if watch_dir is None:
+            raise InputError("no scan source: give --amqp URL, --stomp HOST:PORT or --watch DIR")
+        sources.append(FileWatch(watch_dir, dead_letters=home / "launcher-dead-letters.jsonl"))
+    notifiers = notifiers_from_spec(notify_spec)
+    profile = load_profile(cluster)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    state = LauncherState(home / "launcher-state.sqlite")
+    out = (
+        AmqpFeedback(amqp_url)
+        if (feedback or ("amqp" if amqp_url else "log")) == "amqp" and amqp_url
+        else LogFeedback()
+    )
+    try:
+        with _recording(ctx) as lims, open_client(profile) as client:
+            console.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
+            service = Launcher(
+                lims=lims,
+                client=client,
+                state=state,
+                feedback=out,
+                notifiers=notifiers,
+                cluster=profile.name,
+                file_wait=file_wait,
+                max_jobs=max_jobs,
+            )
+            for source in sources:
+                console.print(f"listening: {source.name}", highlight=False)
+            finished = serve(service, sources, stop, health_port=health_port, drain=drain)
+            if not finished:
+                console.print("jobs still running were left for the next launcher to resume")
+    finally:
+        out.close()
+        state.close()
+
+
+@main.command()
 @click.argument("job", type=int, required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.option("--limit", default=20, show_default=True, help="Jobs to list.")

@@ -187,3 +187,12 @@ def test_run_waits_for_a_scan_file_that_appears(cli, sim_scan, tmp_path):
     assert json.loads(result.stdout)[0]["status"] == "success"
     gone = cli("run", "xrf-map", tmp_path / "never.nxs", "--wait", "0.5")
     assert gone.exit_code == 2 and "never.nxs" in one_line_error(gone)
+
+
+def test_launcher_needs_a_source(cli) -> None:
+    result = cli("launcher")
+    assert result.exit_code == 2
+    assert "no scan source: give --amqp URL" in one_line_error(result)
+    result = cli("launcher", "--stomp", "localhost")
+    assert result.exit_code == 2
+    assert "--stomp 'localhost' is not HOST:PORT" in one_line_error(result)

@@ -1,6 +1,6 @@
 """The LIMS a processing run records through: a durable outbox per process under $HPCPROC_HOME.
 
-Each process that records (``hpcproc run``, ``demo``, ``reprocess``, later the launcher) gets
+Each process that records (``hpcproc run``, ``demo``, ``reprocess``, ``launcher``) gets
 its own outbox file, so runs never wait for one another. At start, outboxes left by processes
 that died (their lock is free) are replayed into the LIMS first: a restart loses nothing.
 """
