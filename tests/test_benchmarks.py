@@ -65,3 +65,19 @@ def test_cli_rejects_unknown_benchmark(argv):
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""  # nothing ran
     assert "unknown benchmark" in proc.stderr
+
+
+def test_launch_benchmark_small(bench):
+    from launch_helpers import need_rabbitmq
+
+    need_rabbitmq()
+    launch = importlib.import_module("benchmarks.launch")
+    results = launch.run(runs=1)
+    assert [r.name for r in results] == [
+        "launch.message_to_recorded",
+        "launch.message_to_first_point",
+    ]
+    recorded, first = results
+    assert 0 < recorded.value < 60 and 0 < first.value < 60
+    assert all(r.baseline_value == 1.0 and not r.higher_is_better for r in results)
+    assert "launch" in importlib.import_module("benchmarks.__main__").MODULES
