@@ -24,6 +24,7 @@ from hpcproc.nexus.scan import read_scan_info
 from hpcproc.progress import Progress
 from hpcproc.recipes import Recipe
 from hpcproc.status import Status
+from hpcproc.steps.base import StepResult
 
 ProgressFn = Callable[[str, int, int], None]  # (step id, points done, points in all)
 StatusFn = Callable[[str, Status, str], None]  # (step id, new status, message)
@@ -78,6 +79,15 @@ class _LimsRecorder:
         self.lims.set_status(self.programs[step_id], status, message or None)
         if self.on_status is not None:
             self.on_status(step_id, status, message)
+
+    def step_result(self, step_id: str, result: StepResult) -> None:
+        pid = self.programs[step_id]
+        for key, value in result.values.items():
+            self.lims.add_message(pid, "INFO", f"{key} = {value}")
+        for severity, text in result.messages:
+            self.lims.add_message(pid, severity, text)
+        for path, kind in result.attachments:
+            self.lims.add_attachment(pid, path, kind, 2)
 
     def step_progress(self, step_id: str, progress: Progress) -> None:
         if self.progress is not None:

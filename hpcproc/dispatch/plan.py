@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from hpcproc.errors import InputError
 from hpcproc.nexus.scan import ScanInfo
 from hpcproc.recipes import Recipe, StepSpec
-from hpcproc.steps.base import FrameStep, Step, StepParams
+from hpcproc.steps.base import FrameStep, Step, StepParams, TaskStep
 from hpcproc.steps.registry import get_step
 
 
@@ -51,6 +51,11 @@ def make_plan(recipe: Recipe, scan: ScanInfo, overrides: Mapping[str, Any]) -> J
                 f"recipe '{recipe.name}' step '{spec.id}' ({spec.uses}): "
                 f"parameter {field}: {err['msg']} (got {err.get('input')!r})"
             ) from None
+        if issubclass(cls, TaskStep) and spec.phase != "downstream":
+            raise InputError(
+                f"recipe '{recipe.name}' step '{spec.id}' ({spec.uses}) runs on the whole scan "
+                "once it has ended: it needs phase: downstream"
+            )
         if issubclass(cls, FrameStep):
             dataset = str(getattr(params, cls.source))
             if dataset not in scan.datasets:

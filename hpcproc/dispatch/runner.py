@@ -17,18 +17,20 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from distributed import Client, as_completed
 
+from hpcproc.dispatch.observe import RunObserver, open_step, reason
 from hpcproc.dispatch.plan import JobPlan, PlannedStep
+from hpcproc.dispatch.task_runner import TaskRunner
 from hpcproc.dispatch.worker import StepTask, process_batch, step_outputs
 from hpcproc.nexus.follow import ScanFollower
 from hpcproc.nexus.processed import ProcessedFile
 from hpcproc.progress import Progress
 from hpcproc.status import Status
-from hpcproc.steps.base import FrameStep, Output
+from hpcproc.steps.base import FrameStep, TaskStep
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +38,6 @@ BATCH_BYTES = 16 * 2**20  # raw bytes read per task: large enough to amortise ~2
 MAX_BATCH = 256
 MAX_WAIT = 0.05  # s a complete point of a live scan may wait for its batch to fill
 POLL = 0.005  # s between looks at a live scan (and at finished tasks)
-
-
-class RunObserver(Protocol):
-    """Told about every change of a step; the LIMS and the CLI's progress bar listen."""
-
-    def step_status(self, step_id: str, status: Status, message: str = "") -> None: ...
-
-    def step_progress(self, step_id: str, progress: Progress) -> None: ...
 
 
 def batch_size(frame_bytes: int, n_frames: int, n_workers: int, row: int) -> int:
@@ -55,11 +49,6 @@ def batch_size(frame_bytes: int, n_frames: int, n_workers: int, row: int) -> int
     if size >= row:
         return size - size % row
     return max(d for d in range(1, size + 1) if row % d == 0)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 @dataclass
@@ -88,6 +77,7 @@ class Dispatcher:
     def __init__(self, client: Client, observer: RunObserver) -> None:
         self.client = client
         self.observer = observer
+        self.tasks = TaskRunner(client, observer)
 
     def run(
         self, plan: JobPlan, out: ProcessedFile, provenance: Mapping[str, Mapping[str, Any]]
@@ -111,11 +101,16 @@ class Dispatcher:
                     status[s.id] = Status.SKIPPED
                     why = ", ".join(f"'{n}' {status[n]}" for n in failed)
                     self.observer.step_status(s.id, Status.SKIPPED, f"skipped: needs {why}")
-                    _open_step(out, s, provenance, [])
+                    open_step(out, s, provenance, [])
                     out.finish_step(s.id, "skipped", f"needs {why}")
                 else:
                     runnable.append(s)
-            status.update(self._run_wave(plan, runnable, out, provenance))
+            tasks = [s for s in runnable if issubclass(s.cls, TaskStep)]
+            frames = [s for s in runnable if s not in tasks]
+            if frames:
+                status.update(self._run_wave(plan, frames, out, provenance))
+            if tasks:
+                status.update(self.tasks.run_wave(plan, tasks, out, provenance))
         return status
 
     def _fail(self, out: ProcessedFile, sid: str, message: str) -> Status:
@@ -137,7 +132,7 @@ class Dispatcher:
         n_workers = max(1, len(workers))
         for s in steps:
             if not issubclass(s.cls, FrameStep):
-                _open_step(out, s, provenance, [])
+                open_step(out, s, provenance, [])
                 result[s.id] = self._fail(
                     out, s.id, f"step type {s.spec.uses} cannot run in this version"
                 )
@@ -156,10 +151,10 @@ class Dispatcher:
             try:
                 specs = self.client.gather(futs)[0]
             except Exception as exc:  # the step could not even be built: bad geometry etc.
-                _open_step(out, s, provenance, [])
-                result[sid] = self._fail(out, sid, _reason(exc))
+                open_step(out, s, provenance, [])
+                result[sid] = self._fail(out, sid, reason(exc))
                 continue
-            _open_step(out, s, provenance, specs)
+            open_step(out, s, provenance, specs)
             info = plan.scan.datasets[str(getattr(s.params, s.cls.source))]
             total = plan.scan.n_points
             if plan.scan.finished:  # a scan that ended early has fewer frames than points
@@ -231,7 +226,7 @@ class Dispatcher:
                     # One bad batch (a corrupt frame) fails the step, but the others still
                     # run and are kept: the scientist gets every point that could be processed.
                     exc = value if isinstance(value, BaseException) else fut.exception()
-                    run.errors.append(_reason(exc))
+                    run.errors.append(reason(exc))
                 else:
                     indices, values = value
                     out.write(run.step.id, indices, values)
@@ -297,20 +292,3 @@ class Dispatcher:
         out.finish_step(sid, "success")
         self.observer.step_status(sid, Status.SUCCESS)
         return Status.SUCCESS
-
-
-def _open_step(
-    out: ProcessedFile,
-    s: PlannedStep,
-    provenance: Mapping[str, Mapping[str, Any]],
-    outputs: list[Output],
-) -> None:
-    """The step's NXprocess, written even for a step that fails or is skipped (provenance)."""
-    out.add_step(
-        s.id,
-        sequence_index=s.sequence_index,
-        uses=s.spec.uses,
-        parameters=s.params.model_dump(mode="json"),
-        provenance=provenance.get(s.id, {}),
-        outputs=outputs,
-    )

@@ -21,7 +21,7 @@ import numpy as np
 
 from hpcproc.nexus.frames import FrameReader
 from hpcproc.nexus.scan import ScanInfo
-from hpcproc.steps.base import FrameStep, Output
+from hpcproc.steps.base import FrameStep, Output, StepContext, StepResult, TaskPlan
 from hpcproc.steps.registry import get_step
 
 
@@ -59,7 +59,7 @@ class StepTask:
         params = cls.Params.model_validate(json.loads(self.params_json))
         return (self.uses, self.params_json, *cls.reuse_key(params, self.scan))
 
-    def build(self) -> FrameStep:
+    def build(self) -> Any:  # FrameStep or TaskStep
         cls = get_step(self.uses)
         params = cls.Params.model_validate(json.loads(self.params_json))
         return cls(params, self.scan)  # type: ignore[call-arg]
@@ -124,3 +124,19 @@ def process_batch(task: StepTask, indices: list[int]) -> tuple[np.ndarray, dict[
     key = (str(task.scan.path), step.dataset)
     source: _Source = _sources.get_or_make(key, lambda: _Source(*key))
     return np.asarray(indices), step.process(source.read(indices))
+
+
+# ---------------------------------------------------------------- task (downstream) steps
+
+
+def task_plan(task: StepTask, ctx: StepContext) -> TaskPlan:
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    return task.build().plan(ctx)
+
+
+def task_part(task: StepTask, ctx: StepContext, part: tuple[int, int]) -> dict[str, np.ndarray]:
+    return task.build().run(ctx, part)
+
+
+def task_finish(task: StepTask, ctx: StepContext) -> StepResult:
+    return task.build().finish(ctx)

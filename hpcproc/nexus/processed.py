@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 
 from hpcproc import __version__
 from hpcproc.nexus.scan import ScanInfo
-from hpcproc.steps.base import Output
+from hpcproc.steps.base import ArrayOutput, Output
 
 FLUSH_SECONDS = 0.05  # how stale the file may be for a reader while a job runs
 MESSAGE_BYTES = 1024
@@ -210,6 +211,69 @@ class ProcessedFile:
         self.f.close()
         self.f = h5py.File(self.path, "r+", libver="latest", locking=False)
         self.entry = self.f["entry"]
+
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Closed for a while, so that task steps on other processes can read what earlier
+        steps wrote (HDF5 would otherwise refuse them the file); reopened for writing after."""
+        self.flush()
+        self.f.close()
+        try:
+            yield
+        finally:
+            self.f = h5py.File(self.path, "r+", libver="latest", locking=False)
+            self.entry = self.f["entry"]
+
+    def add_arrays(self, step_id: str, outputs: list[ArrayOutput]) -> None:
+        """Datasets for a task step's whole-array outputs (NaN until written), one NXdata per
+        group, in the step's NXprocess."""
+        if self.f.swmr_mode:
+            self._leave_swmr()
+        proc = self.entry[step_id]
+        groups: dict[str, list[ArrayOutput]] = {}
+        for out in outputs:
+            groups.setdefault(out.group, []).append(out)
+        for name, outs in groups.items():
+            data = proc.require_group(name)
+            data.attrs["NX_class"] = "NXdata"
+            data.attrs["signal"] = outs[0].name
+            names = []
+            for j, axis in enumerate(outs[0].axes):
+                data[axis.name] = axis.values
+                data[axis.name].attrs["units"] = axis.units
+                data.attrs[f"{axis.name}_indices"] = np.int32(j)
+                names.append(axis.name)
+            names += ["."] * (len(outs[0].shape) - len(names))
+            data.attrs["axes"] = names
+            for out in outs:
+                ds = data.create_dataset(
+                    out.name,
+                    shape=out.shape,
+                    dtype=out.dtype,
+                    fillvalue=np.nan if np.dtype(out.dtype).kind == "f" else 0,
+                )
+                if out.units:
+                    ds.attrs["units"] = out.units
+                if out.long_name:
+                    ds.attrs["long_name"] = out.long_name
+        if outputs and "default" not in proc.attrs:
+            proc.attrs["default"] = outputs[0].group
+
+    def write_block(self, step_id: str, key: str, start: int, block: np.ndarray) -> None:
+        """Rows ``start:start+len(block)`` of a whole-array output."""
+        ds = self.entry[step_id][key]
+        ds[start : start + block.shape[0]] = block
+
+    def write_values(self, step_id: str, values: Mapping[str, Any]) -> None:
+        """Small results of a step (e.g. the centre of rotation found), as NXcollection."""
+        if not values:
+            return
+        group = self.entry[step_id].require_group("results")
+        group.attrs["NX_class"] = "NXcollection"
+        for key, value in values.items():
+            if key in group:
+                del group[key]
+            group[key] = _to_nexus(value)
 
     def close(self) -> None:
         if self.f.id.valid:

@@ -7,8 +7,9 @@ where it runs and the processed-file writer decides where its outputs go.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -90,3 +91,94 @@ class FrameStep(Step):
     @abstractmethod
     def process(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """Reduce a batch ``(n, *frame_shape)`` to ``{Output.key: (n, *Output.shape)}``."""
+
+
+# ---------------------------------------------------------------- downstream (task) steps
+
+
+@dataclass(frozen=True)
+class ArrayOutput:
+    """A whole array a task step produces (e.g. a volume q x y x x), not one per scan point.
+
+    With ``split`` the step's parts each produce a block of it along axis 0 (see
+    :meth:`TaskStep.run`); without, :meth:`TaskStep.finish` produces it whole."""
+
+    name: str
+    shape: tuple[int, ...]
+    group: str = "data"  # NXdata group; its first output is the signal
+    dtype: str = "float32"
+    units: str = ""
+    long_name: str = ""
+    axes: tuple[Axis, ...] = ()  # one per dimension of `shape`, where known
+    split: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}/{self.name}"
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a task step may look at, all plain data (it runs on any worker of the cluster).
+
+    ``processed`` is the job's processed NeXus file, holding what earlier steps wrote (read it,
+    never write it); ``needs`` maps the ids of the steps this one needs to their NXprocess
+    path in it; ``workdir`` is a directory of the step's own for files it makes (they are
+    attached to the job when listed in :class:`StepResult`)."""
+
+    step_id: str
+    scan: ScanInfo
+    processed: Path
+    workdir: Path
+    needs: dict[str, str]
+    env: str | None = None  # the recipe's resources.env: a named environment in envs/
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """How a task step's work is split: ``parts`` are (start, stop) blocks along axis 0 of the
+    split outputs, run in parallel on the workers; ``outputs`` are known before they run."""
+
+    outputs: list[ArrayOutput] = field(default_factory=list)
+    parts: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a task step hands back at the end, besides its split outputs.
+
+    ``arrays``: its outputs that are not split ({ArrayOutput.key: array}); ``values``: small
+    results worth a record (e.g. the centre of rotation found), kept in the NXprocess and the
+    LIMS; ``attachments``: (file, type) with type one of Log, Result, Graph, Debug, Input;
+    ``messages``: (severity, text) for the LIMS; ``failed``: a reason if the step failed in a
+    way it could describe (a failing cell, a non-zero exit) after making some of its files."""
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    attachments: list[tuple[Path, str]] = field(default_factory=list)
+    messages: list[tuple[str, str]] = field(default_factory=list)
+    failed: str | None = None
+
+
+class TaskStep(Step):
+    """Runs once the scan has ended (phase downstream), on the whole of its inputs: a
+    reconstruction, a notebook, a wrapped program. The engine calls :meth:`plan` once, then
+    :meth:`run` for every part (in parallel, anywhere on the cluster), then :meth:`finish`.
+    Raising fails the step with the exception's message; the job's other results are kept."""
+
+    def __init__(self, params: StepParams, scan: ScanInfo) -> None:
+        self.params = params
+        self.scan = scan
+
+    def plan(self, ctx: StepContext) -> TaskPlan:
+        """The outputs and the parts (default: no parts, everything in :meth:`finish`)."""
+        return TaskPlan()
+
+    def run(self, ctx: StepContext, part: tuple[int, int]) -> dict[str, np.ndarray]:
+        """One part: ``{ArrayOutput.key: block}`` for every split output, each block covering
+        ``part[0]:part[1]`` of axis 0."""
+        raise NotImplementedError(f"{self.name} has parts but no run()")
+
+    @abstractmethod
+    def finish(self, ctx: StepContext) -> StepResult:
+        """After every part: the remaining outputs, values, attachments and messages."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from importlib.metadata import entry_points
 
@@ -9,13 +10,21 @@ from hpcproc.errors import InputError
 from hpcproc.steps.base import Step
 
 GROUP = "hpcproc.steps"
+log = logging.getLogger(__name__)
 
 
 @cache
 def available_steps() -> dict[str, type[Step]]:
+    """Every registered step that loads. One that does not (a plugin whose import fails, a
+    missing optional dependency) is logged and left out: recipes naming it get a clear error,
+    the others run."""
     steps: dict[str, type[Step]] = {}
     for ep in entry_points(group=GROUP):
-        cls = ep.load()
+        try:
+            cls = ep.load()
+        except Exception as exc:
+            log.error("step %r (%s) left out: cannot load it: %s", ep.name, ep.value, exc)
+            continue
         if not (isinstance(cls, type) and issubclass(cls, Step)):
             raise TypeError(f"entry point {ep.name!r} ({ep.value}) is not an hpcproc Step")
         steps[ep.name] = cls
