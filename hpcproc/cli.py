@@ -185,22 +185,27 @@ def _run(
     params: dict,
     cluster: str,
     wait: float = 0.0,
+    notify: str | None = None,
 ):
     from hpcproc.dispatch.clusters import load_profile, open_client
-    from hpcproc.jobs import prepare, run_plan
+    from hpcproc.jobs import job_notice, prepare, run_plan
+    from hpcproc.notify import notifiers_from_spec
     from hpcproc.recipes import find_recipe
 
     # Every check before the cluster starts: a mistake costs a second, not a cluster start-up.
     plans = [prepare(find_recipe(r), scan, params, wait) for r in recipes]
     profile = load_profile(cluster)
+    notifiers = notifiers_from_spec(notify)
     outcomes = []
     with _recording(ctx) as lims, open_client(profile) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
         for plan in plans:
             with _progress() as update:
-                outcomes.append(
-                    run_plan(plan, lims=lims, client=client, cluster=profile.name, progress=update)
+                outcome = run_plan(
+                    plan, lims=lims, client=client, cluster=profile.name, progress=update
                 )
+            outcomes.append(outcome)
+            notifiers.send(job_notice(lims, plan, outcome.job_id, outcome))
     return outcomes
 
 
@@ -242,6 +247,11 @@ def _print_outcomes(outcomes: Sequence[Any], as_json: bool) -> None:
     metavar="SECONDS",
     help="Wait this long for a scan file that does not exist yet.",
 )
+@click.option(
+    "--notify",
+    envvar="HPCPROC_NOTIFY",
+    help="Tell people when the job ends: log,smtp://host:port?from=..&to=.. (default: log).",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -251,10 +261,11 @@ def run(
     cluster: str,
     as_json: bool,
     wait: float,
+    notify: str | None,
 ) -> None:
     """Run RECIPE (a name or a .yaml file) on the scan file SCAN (finished, or being written:
     then it is followed until its end-of-scan marker)."""
-    outcomes = _run(ctx, [recipe], scan, _params(params), cluster, wait)
+    outcomes = _run(ctx, [recipe], scan, _params(params), cluster, wait, notify)
     _print_outcomes(outcomes, as_json)
     sys.exit(0 if all(o.status == "success" for o in outcomes) else 1)
 

@@ -17,10 +17,11 @@ from distributed import Client
 from hpcproc import __version__
 from hpcproc.dispatch.plan import JobPlan, make_plan
 from hpcproc.dispatch.runner import Dispatcher
-from hpcproc.errors import ScanError
+from hpcproc.errors import HpcprocError, ScanError
 from hpcproc.lims import Lims
 from hpcproc.nexus.processed import ProcessedFile
 from hpcproc.nexus.scan import read_scan_info
+from hpcproc.notify import JobNotice
 from hpcproc.progress import Progress
 from hpcproc.recipes import Recipe
 from hpcproc.status import Status
@@ -259,3 +260,41 @@ def run_plan(
         plan, lims=lims, automatic=automatic, parent_job=parent_job, display_name=display_name
     )
     return execute_plan(plan, job, lims=lims, client=client, cluster=cluster, progress=progress)
+
+
+def job_notice(
+    lims: Lims,
+    plan: JobPlan,
+    job_id: int,
+    outcome: JobOutcome | None,
+    message: str = "",
+) -> JobNotice:
+    """What to tell people about a job that ended: each step's status and message from the
+    LIMS when it can say (the database may be down: then what this process knows)."""
+    resolve = getattr(lims, "resolve", None)  # a DurableLims may hold a local id
+    db_id = resolve(job_id) if resolve is not None else job_id
+    job_id = int(db_id) if db_id is not None else job_id
+    steps = {sid: (st.value, "") for sid, st in (outcome.steps if outcome else {}).items()}
+    flush = getattr(lims, "flush", None)  # a DurableLims: let the job's last records land
+    if flush is not None:
+        flush(5.0)
+    try:
+        record = lims.job(job_id)
+        steps = {p.step_id: (p.status.value, p.message or "") for p in record.steps}
+    except HpcprocError:
+        pass
+    status = outcome.status if outcome is not None and not message else Status.FAILED
+    if message and not steps:
+        steps = {"job": (Status.FAILED.value, message)}
+    scan = plan.scan
+    return JobNotice(
+        job_id=job_id,
+        recipe=plan.recipe.name,
+        status=status.value,
+        scan_file=scan.path,
+        scan_id=scan.scan_id,
+        beamline=scan.beamline,
+        visit=scan.visit,
+        steps=steps,
+        processed_file=outcome.processed if outcome is not None else None,
+    )

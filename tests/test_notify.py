@@ -304,3 +304,22 @@ def test_notifiers_keep_going_when_one_raises(smtpd, caplog) -> None:
     )
     assert len(received.envelopes) == 1
     assert SECRET not in caplog.text
+
+
+def test_a_job_that_ends_sends_mail(smtpd, cli, sim_scan, tmp_path) -> None:
+    """`hpcproc run --notify smtp://...`: the job's end (here a failed step) is mailed, with the
+    step's own message, to the SMTP server the option names."""
+    received, port = smtpd
+    recipe = tmp_path / "bad-window.yaml"
+    recipe.write_text(
+        "name: bad-window\nsteps:\n  - id: windows\n    uses: xrf_windows\n"
+        "    with: {elements: [Fe-Ka], mca: /entry/instrument/xspress3/data, channels: [99]}\n"
+    )
+    spec = f"log,smtp://127.0.0.1:{port}?from=hpcproc@example.org&to=team@example.org"
+    result = cli("run", recipe, sim_scan.path, "--notify", spec)
+    assert result.exit_code == 1, result.output
+    (msg,) = received.messages()
+    assert msg["To"] == "team@example.org"
+    assert "bad-window job" in msg["Subject"] and msg["Subject"].endswith("failed")
+    body = msg.get_content()
+    assert "windows  failed  StepError: channels [99] outside 0..7" in body

@@ -40,13 +40,13 @@ from distributed import Client
 
 from hpcproc.dispatch.plan import JobPlan, make_plan
 from hpcproc.errors import HpcprocError, InputError, RecipeError, ScanError
-from hpcproc.jobs import JobOutcome, RecordedJob, execute_plan, record_plan
+from hpcproc.jobs import JobOutcome, RecordedJob, execute_plan, job_notice, record_plan
 from hpcproc.launch.events import MessageError, RecipeRequest, ScanEvent, ScanState
 from hpcproc.launch.feedback import PROGRESS_EVERY, Feedback, LogFeedback
 from hpcproc.launch.messages import MessageParser
 from hpcproc.launch.state import UNFINISHED, LauncherState, ScanRow
 from hpcproc.nexus.scan import ScanInfo, read_scan_info
-from hpcproc.notify import JobNotice, Notifiers, notifiers_from_spec
+from hpcproc.notify import Notifiers, notifiers_from_spec
 from hpcproc.recipes import Recipe
 from hpcproc.recipes.loader import list_recipes
 from hpcproc.status import Status
@@ -237,7 +237,6 @@ class Launcher:
         self.state.update_job(
             path, name, "done" if status is Status.SUCCESS else "failed", message=message or None
         )
-        steps = {sid: (st.value, "") for sid, st in (outcome.steps if outcome else {}).items()}
         processed = str(outcome.processed) if outcome else None
         self.feedback.publish(
             "job",
@@ -246,23 +245,10 @@ class Launcher:
                 "status": status.value,
                 "message": message,
                 "processed_file": processed,
-                "steps": {sid: st for sid, (st, _m) in steps.items()},
+                "steps": {sid: st.value for sid, st in (outcome.steps if outcome else {}).items()},
             },
         )
-        self.notifiers.send(
-            JobNotice(
-                job_id=base["job_id"],
-                recipe=name,
-                status=status.value,
-                scan_file=path,
-                scan_id=plan.scan.scan_id,
-                beamline=plan.scan.beamline,
-                visit=plan.scan.visit,
-                steps=self._step_messages(base["job_id"], steps),
-                processed_file=outcome.processed if outcome else None,
-                url=None,
-            )
-        )
+        self.notifiers.send(job_notice(self.lims, plan, job.job_id, outcome, message))
         return outcome
 
     def _about(self, scan_key: str, plan: JobPlan, job: RecordedJob) -> dict[str, Any]:
@@ -281,16 +267,6 @@ class Launcher:
         resolve = getattr(self.lims, "resolve", None)
         found = resolve(job_id) if resolve is not None else job_id
         return int(found) if found is not None else job_id
-
-    def _step_messages(
-        self, job_id: int, steps: dict[str, tuple[str, str]]
-    ) -> dict[str, tuple[str, str]]:
-        """Each step's status and message, from the LIMS when it can tell (else as known)."""
-        try:
-            record = self.lims.job(job_id)
-        except HpcprocError:
-            return steps
-        return {p.step_id: (p.status.value, p.message or "") for p in record.steps}
 
     def _scan_feedback(self, scan: ScanRow, event: ScanEvent) -> None:
         self.feedback.publish(
