@@ -142,9 +142,10 @@ def test_find_and_list_recipes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert find_recipe("xrd-map").source == (own / "xrd-map.yaml").resolve()
     assert find_recipe("extra").name == "extra"  # found by name, not file name
     names = [r.name for r in list_recipes()]
-    assert sorted(names) == ["extra", "xrd-map", "xrf-map"]
+    shipped = sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+    assert sorted(names) == sorted(["extra", *shipped])
     assert next(r for r in list_recipes() if r.name == "xrd-map").source.parent == own
-    with pytest.raises(InputError, match=r"no recipe named 'nope' \(known: extra, xrd-map"):
+    with pytest.raises(InputError, match=r"no recipe named 'nope' \(known: extra, .*xrd-map"):
         find_recipe("nope")
     assert find_recipe(str(SHIPPED / "xrf-map.yaml")).name == "xrf-map"
 
@@ -155,7 +156,7 @@ def test_list_recipes_with_a_broken_file(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(RecipeError, match=r"broken\.yaml:3:19: unknown step 'nope'"):
         list_recipes()
     errors: list[RecipeError] = []
-    assert {r.name for r in list_recipes(errors)} == {"xrd-map", "xrf-map"}
+    assert {r.name for r in list_recipes(errors)} == {p.stem for p in SHIPPED.glob("*.yaml")}
     assert [(e.line, e.col) for e in errors] == [(3, 19)]
 
 
@@ -239,7 +240,8 @@ def test_unknown_parameter_type() -> None:
 def test_unknown_step_lists_registered_steps() -> None:
     text = GOOD.replace("uses: xrd_integrate", "uses: xrd_integrat")
     e = assert_error(text, at(text, "xrd_integrat"), "unknown step 'xrd_integrat'")
-    assert "registered steps: xrd_integrate, xrf_windows" in e.message
+    assert "registered steps: " in e.message
+    assert "xrd_integrate, xrf_windows" in e.message  # sorted, all of them
 
 
 def test_duplicate_step_id() -> None:
