@@ -480,3 +480,23 @@ def test_watched_directory_needs_no_broker(
             state.close()
     assert {j.recipe for j in jobs} == EXPECTED and {j.scan_file for j in jobs} == {scan}
     assert all(j.status is Status.SUCCESS for j in jobs)
+
+
+def test_a_b18_xafs_scan_gets_the_xafs_recipe_by_default(tmp_path: Path, client: Any) -> None:
+    """Default recipes follow the beamline and the NeXus structure: b18 + an XAFS energy scan
+    -> xafs-b18 (and not the i18 map recipes)."""
+    from hpcproc.nexus.xafs_sim import XafsConfig, simulate_xafs
+
+    scan = simulate_xafs(tmp_path / "data", XafsConfig()).path
+    url = f"sqlite:///{tmp_path / 'lims.sqlite'}"
+    with Lims(url) as lims:
+        state = LauncherState(tmp_path / "state.sqlite")
+        launcher = Launcher(lims=lims, client=client, state=state)
+        message = gda("b18-000001", "FINISHED", scan, beamline="b18")
+        [job_id] = launcher.handle_event(launcher.parser.parse(json.dumps(message))[0])
+        assert launcher.wait(120)
+        job = lims.job(job_id)
+        state.close()
+    assert job.recipe == "xafs-b18" and job.automatic
+    assert job.status is Status.SUCCESS, [(s.step_id, s.message) for s in job.steps]
+    assert any(m.message.startswith("e0 = ") for s in job.steps for m in s.messages)
