@@ -701,3 +701,21 @@ def test_batch_commits_together_or_not_at_all(lims: Lims) -> None:
         assert [m.message for m in record.messages] == ["started"]
     finally:
         other.close()
+
+
+def test_processes_opening_a_new_sqlite_lims_at_once(tmp_path: Path) -> None:
+    """The launcher, its outbox applier and `hpcproc status` may all open a new LIMS file at
+    the same moment: each waits for the schema the first creates, none fails."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'lims.sqlite'}"
+    code = f"from hpcproc.lims import Lims; Lims({url!r}).jobs(); print('ok')"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [o.strip() for o, _e in outs] == ["ok"] * 4, [e[-500:] for _o, e in outs]

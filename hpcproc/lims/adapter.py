@@ -53,6 +53,7 @@ key on the path); the oldest is the one returned afterwards.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -265,6 +266,23 @@ def _db_call(method: Callable[_PS, _T]) -> Callable[_PS, _T]:
     return wrapper
 
 
+class _FileLock:
+    """An exclusive lock on a file (other processes wait), inside a thread lock."""
+
+    def __init__(self, path: Path, inner: Any) -> None:
+        self.path, self.inner = path, inner
+
+    def __enter__(self) -> None:
+        self.inner.__enter__()
+        self.file = open(self.path, "a")
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+        self.inner.__exit__(*exc)
+
+
 # ---------------------------------------------------------------- the adapter
 
 
@@ -339,8 +357,12 @@ class Lims:
         return engine
 
     def _create_schema(self) -> None:
-        """Check the schema (creating it on an empty database): see :mod:`.schema_check`."""
-        self.schema: SchemaReport = ensure_schema(self._engine, self.url, self._write_lock)
+        """Check the schema (creating it on an empty database): see :mod:`.schema_check`.
+        Processes opening a new SQLite file at once take turns (a lock file beside it)."""
+        lock: Any = self._write_lock
+        if self._sqlite and not self._memory:
+            lock = _FileLock(Path(f"{self._url.database}.schema-lock").expanduser(), lock)
+        self.schema: SchemaReport = ensure_schema(self._engine, self.url, lock)
 
     def _error(self, what: str, exc: BaseException) -> LimsError:
         detail = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -159,6 +160,9 @@ def _fail(url: str, what: Iterable[str]) -> SchemaError:
     )
 
 
+ATTEMPTS = 6  # looks at a schema that another process may be creating at the same time
+
+
 def ensure_schema(
     engine: Engine, url: str, lock: AbstractContextManager[Any] | None = None
 ) -> SchemaReport:
@@ -168,11 +172,16 @@ def ensure_schema(
     :class:`SchemaError` if the schema is incompatible; database errors propagate.
     """
     with lock if lock is not None else nullcontext():
-        try:
-            return _ensure(engine, url)
-        except SQLAlchemyError:
-            # Another process may have been creating the tables at the same moment: look again.
-            return _ensure(engine, url)
+        for attempt in range(ATTEMPTS):
+            try:
+                return _ensure(engine, url)
+            except SQLAlchemyError:
+                # Another process may be creating the tables at this moment (one by one):
+                # let it go on, then look again.
+                if attempt == ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _ensure(engine: Engine, url: str) -> SchemaReport:
