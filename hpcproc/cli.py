@@ -351,9 +351,24 @@ def reprocess(
 @click.option("--map", "map_shape", default="12x16", show_default=True)
 @click.option("--frame", "frame_shape", default="256x256", show_default=True)
 @click.option("--cluster", default="local", show_default=True)
+@click.option(
+    "--serve",
+    "serve_port",
+    type=int,
+    is_flag=False,
+    flag_value=8000,
+    default=None,
+    metavar="[PORT]",
+    help="Then serve the results pages (default port 8000) and print their URL.",
+)
 @click.pass_context
 def demo(
-    ctx: click.Context, directory: Path | None, map_shape: str, frame_shape: str, cluster: str
+    ctx: click.Context,
+    directory: Path | None,
+    map_shape: str,
+    frame_shape: str,
+    cluster: str,
+    serve_port: int | None,
 ) -> None:
     """Simulate a scan and run the shipped XRD and XRF recipes on it, recording everything."""
     directory = directory or config.home() / "demo"
@@ -368,7 +383,32 @@ def demo(
         highlight=False,
         soft_wrap=True,
     )
-    sys.exit(0 if all(o.status == "success" for o in outcomes) else 1)
+    ok = all(o.status == "success" for o in outcomes)
+    if serve_port is not None:
+        _serve_demo(ctx, directory, serve_port, outcomes[0].job_id)
+    sys.exit(0 if ok else 1)
+
+
+def _serve_demo(ctx: click.Context, directory: Path, port: int, job_id: int) -> None:
+    """Serve the pages for the demo visit, with a token made for it, until Ctrl-C."""
+    import uvicorn
+
+    from hpcproc.web.app import Settings, create_app
+
+    settings = Settings(lims_url=ctx.obj["lims_url"] or "", data_roots=[directory])
+    db = _users()
+    try:
+        token = db.add("demo", ["cm12345-1"])
+    finally:
+        db.close()
+    base = f"http://127.0.0.1:{port}"
+    out.print(
+        f"Results page: {base}/jobs/{job_id}\nVisit page:   {base}/visits/cm12345-1\n"
+        f"Log in at {base}/login with the token {token}\n(Ctrl-C stops the server)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
 
 
 # ---------------------------------------------------------------- status
@@ -669,6 +709,81 @@ def recipes_schema(recipe: str) -> None:
     from hpcproc.recipes import find_recipe
 
     out.print_json(data=find_recipe(recipe).parameters_schema())
+
+
+# ---------------------------------------------------------------- web service
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@click.option(
+    "--data-root",
+    "data_roots",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory whose files may be read and served (repeatable; default $HPCPROC_HOME).",
+)
+@click.option("--cluster", default="local", show_default=True, help="Cluster profile name or file.")
+@click.option("--max-jobs", default=2, show_default=True, help="Submitted jobs running at once.")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    data_roots: Sequence[Path],
+    cluster: str,
+    max_jobs: int,
+) -> None:
+    """Serve the web pages and the JSON API (tokens: `hpcproc users add`)."""
+    import uvicorn
+
+    from hpcproc.web.app import Settings, create_app
+
+    settings = Settings(
+        lims_url=ctx.obj["lims_url"] or "",
+        data_roots=list(data_roots),
+        cluster=cluster,
+        max_jobs=max_jobs,
+    )
+    uvicorn.run(create_app(settings), host=host, port=port)
+
+
+@main.group()
+def users() -> None:
+    """Users of the web service, their visits and tokens."""
+
+
+def _users():  # -> Users (imported lazily)
+    from hpcproc.web.app import Settings
+    from hpcproc.web.auth import Users
+
+    return Users(Settings().users_path)
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--visit", "visits", multiple=True, help="A visit (cm12345-1) or proposal (cm12345).")
+@click.option("--staff", is_flag=True, help="Facility staff: sees every visit.")
+def users_add(name: str, visits: Sequence[str], staff: bool) -> None:
+    """Add a user (or add visits to one) and print a new token, shown only this once."""
+    db = _users()
+    try:
+        token = db.add(name, list(visits), staff=staff)
+    finally:
+        db.close()
+    console.print(f"token of {name} (shown only now; keep it secret):", highlight=False)
+    out.print(token, highlight=False, markup=False, soft_wrap=True)
+
+
+@users.command("revoke")
+@click.argument("name")
+def users_revoke(name: str) -> None:
+    """Remove every token of a user."""
+    db = _users()
+    try:
+        n = db.revoke(name)
+    finally:
+        db.close()
+    out.print(f"{name}: {n} token(s) revoked", highlight=False)
 
 
 if __name__ == "__main__":

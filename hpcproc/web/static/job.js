@@ -1,0 +1,84 @@
+// Job page: live statuses from the API's server-sent events; attachments and plots when it ends.
+"use strict";
+(function () {
+  const section = document.getElementById("job");
+  const jobId = section.dataset.job;
+  const FINAL = new Set(["success", "failed", "skipped"]);
+
+  function setStatus(span, status) {
+    if (!span || !status) return;
+    span.textContent = status;
+    span.className = "status " + status;
+    span.dataset.status = status;
+  }
+  function showPlot(fig, force) {
+    const img = fig.querySelector("img");
+    if (!force && img.getAttribute("src")) return;
+    img.onload = () => { fig.hidden = false; };
+    img.onerror = () => { fig.hidden = true; };
+    img.src = img.dataset.src + "?t=" + Date.now();
+  }
+  function applyStatus(data) {
+    setStatus(document.getElementById("job-status"), data.status);
+    for (const step of data.steps || []) {
+      const tr = document.querySelector('#steps tr[data-step="' + step.step_id + '"]');
+      if (!tr) continue;
+      setStatus(tr.querySelector("[data-status]"), step.status);
+      tr.querySelector(".message").textContent = step.message || "";
+    }
+  }
+  async function refreshJob() {
+    const r = await fetch("/api/jobs/" + jobId, { credentials: "same-origin" });
+    if (!r.ok) return;
+    const job = await r.json();
+    applyStatus(job);
+    const list = document.getElementById("attachments");
+    list.textContent = "";
+    for (const step of job.steps) {
+      const tr = document.querySelector('#steps tr[data-step="' + step.step_id + '"]');
+      if (tr && step.start) tr.querySelector(".start").textContent = step.start.slice(11, 19);
+      if (tr && step.end) tr.querySelector(".end").textContent = step.end.slice(11, 19);
+      for (const a of step.attachments) {
+        const li = document.createElement("li");
+        const link = document.createElement("a");
+        link.href = a.url;
+        link.setAttribute("download", "");
+        link.textContent = a.name;
+        const small = document.createElement("small");
+        small.textContent = " " + a.file_type + ", step " + step.step_id;
+        li.append(link, small);
+        list.appendChild(li);
+      }
+      const fig = document.querySelector('#plots figure[data-step="' + step.step_id + '"]');
+      if (fig && step.attachments.some((a) => a.file_type === "Result")) showPlot(fig, true);
+    }
+  }
+
+  if (section.dataset.final === "true" || !window.EventSource) return;
+  const source = new EventSource("/api/jobs/" + jobId + "/events");
+  let plotTimer = null;
+  source.addEventListener("status", (ev) => {
+    const data = JSON.parse(ev.data);
+    applyStatus(data);
+    // While it runs, refresh the live plots every few seconds (maps fill in point by point).
+    if (!plotTimer && data.status === "running") {
+      plotTimer = setInterval(() => {
+        for (const fig of document.querySelectorAll("#plots figure")) {
+          if (fig.querySelector("img").getAttribute("src")) showPlot(fig, true);
+        }
+      }, 5000);
+    }
+  });
+  source.addEventListener("end", (ev) => {
+    source.close();
+    if (plotTimer) clearInterval(plotTimer);
+    applyStatus(JSON.parse(ev.data));
+    refreshJob();
+  });
+  source.addEventListener("error", () => {
+    // The stream broke (server restart, network): EventSource reconnects by itself unless
+    // the job is over.
+    const st = document.getElementById("job-status").dataset.status;
+    if (FINAL.has(st)) source.close();
+  });
+})();
