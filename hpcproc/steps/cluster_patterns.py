@@ -26,7 +26,7 @@ from hpcproc.steps.base import (
     TaskPlan,
     TaskStep,
 )
-from hpcproc.steps.sinogram import axis_values, resolve
+from hpcproc.steps.sinogram import axis_values, volume_input
 
 
 def cluster(
@@ -132,12 +132,7 @@ class ClusterPatterns(TaskStep):
     }
 
     def _input(self, ctx: StepContext) -> tuple[str, tuple[int, ...]]:
-        path = resolve(ctx, self.params.reconstruction)
-        with h5py.File(ctx.processed, "r") as f:
-            shape = f[path].shape
-        if len(shape) != 3:
-            raise StepError(f"{path} has shape {shape}, not (q, y, x)")
-        return path, shape
+        return volume_input(ctx, self.params.reconstruction, "q, y, x")
 
     def plan(self, ctx: StepContext) -> TaskPlan:
         path, (n_q, ny, nx) = self._input(ctx)

@@ -57,6 +57,17 @@ def resolve(ctx: StepContext, path: str) -> str:
     raise StepError(f"input dataset {tried} not found in {ctx.processed.name}{found}")
 
 
+def volume_input(ctx: StepContext, path: str, axes: str) -> tuple[str, tuple[int, ...]]:
+    """The resolved path and shape of a 3-D input (``axes`` names its dimensions, e.g.
+    "q, y, x"); StepError if it is not 3-D."""
+    found = resolve(ctx, path)
+    with h5py.File(ctx.processed, "r") as f:
+        shape = f[found].shape
+    if len(shape) != 3:
+        raise StepError(f"{found} has shape {shape}, not ({axes})")
+    return found, shape
+
+
 def axis_values(f: h5py.File, path: str, dim: int) -> tuple[str, np.ndarray, str] | None:
     """(name, values, units) of dimension ``dim`` of an NXdata signal, from its @axes."""
     group = f[path].parent

@@ -40,7 +40,7 @@ from hpcproc.steps.base import (
     TaskPlan,
     TaskStep,
 )
-from hpcproc.steps.sinogram import axis_values, resolve
+from hpcproc.steps.sinogram import axis_values, resolve, volume_input
 
 Backend = Literal["algotom", "skimage", "astra"]
 Filter = Literal["ramp", "hann", "hamming"]
@@ -230,12 +230,7 @@ class TomoReconstruct(TaskStep):
         return c, where
 
     def _input(self, ctx: StepContext) -> tuple[str, tuple[int, ...]]:
-        path = resolve(ctx, self.params.sinograms)
-        with h5py.File(ctx.processed, "r") as f:
-            shape = f[path].shape
-        if len(shape) != 3:
-            raise StepError(f"{path} has shape {shape}, not (q, theta, x)")
-        return path, shape
+        return volume_input(ctx, self.params.sinograms, "q, theta, x")
 
     def plan(self, ctx: StepContext) -> TaskPlan:
         p = self.params
