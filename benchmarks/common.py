@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+
+from distributed import Client, LocalCluster
 
 
 @dataclass(frozen=True)
@@ -40,3 +44,18 @@ def best_rate(fn: Callable[[], int], repeats: int = 3) -> float:
         n = fn()
         best = max(best, n / (time.perf_counter() - t0))
     return best
+
+
+@contextmanager
+def local_client(workers: int) -> Iterator[Client]:
+    """A client on a fresh LocalCluster of single-threaded worker processes (closed after)."""
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client

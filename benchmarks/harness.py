@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
-from distributed import Client, LocalCluster
-
+from benchmarks.common import local_client
 from hpcproc.jobs import run_job
 from hpcproc.lims import Lims
 from hpcproc.recipes import find_recipe
@@ -16,16 +14,7 @@ from hpcproc.recipes import find_recipe
 def job_rate(recipe: str, scan: Path, params: dict, n_points: int, workers: int = 2) -> float:
     """Points/s of a whole job on a fresh LocalCluster, warm: the second of two runs (the first
     builds each worker's step, e.g. pyFAI's engine, which later jobs on that cluster reuse)."""
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-        Lims("sqlite://") as lims,
-    ):
+    with local_client(workers) as client, Lims("sqlite://") as lims:
         rate = 0.0
         for _ in range(2):
             t0 = time.perf_counter()

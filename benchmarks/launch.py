@@ -31,8 +31,7 @@ from typing import Any
 
 import pika
 
-from benchmarks.common import Result
-from benchmarks.live import _cluster
+from benchmarks.common import Result, local_client
 from hpcproc.launch.amqp import DEFAULT_URL, AmqpSource
 from hpcproc.launch.launcher import Launcher
 from hpcproc.launch.service import serve
@@ -106,10 +105,14 @@ def _one_scan(
 
 
 def _measure(tmp: Path, runs: int) -> tuple[list[float], list[float]]:
+    with local_client(2) as client:
+        return _measure_on(tmp, runs, client)
+
+
+def _measure_on(tmp: Path, runs: int, client: Any) -> tuple[list[float], list[float]]:
     tag = uuid.uuid4().hex[:10]
     queue, exchange = f"bench.{tag}.scans", f"bench.{tag}.gda"
     recipe = find_recipe("xrf-map")
-    cluster, client = _cluster(2)
     lims = DurableLims(f"sqlite:///{tmp / 'lims.sqlite'}", tmp / "outbox.sqlite")
     state = LauncherState(tmp / "state.sqlite")
     feedback = _Feedback()
@@ -138,8 +141,6 @@ def _measure(tmp: Path, runs: int) -> tuple[list[float], list[float]]:
         thread.join(120)
         state.close()
         lims.close()
-        client.close()
-        cluster.close()
         connection = pika.BlockingConnection(pika.URLParameters(DEFAULT_URL))
         channel = connection.channel()
         for name in (queue, queue + ".dead"):

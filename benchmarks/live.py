@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 import tempfile
@@ -20,10 +19,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pyFAI
-from distributed import Client, LocalCluster
+from distributed import Client
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import Result
+from benchmarks.common import Result, local_client
 from hpcproc.jobs import run_job
 from hpcproc.lims import Lims
 from hpcproc.nexus.frames import FrameReader
@@ -147,13 +146,6 @@ def _live_run(
     return n / elapsed, latency
 
 
-def _cluster(workers: int) -> tuple[LocalCluster, Client]:
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, dashboard_address=":0", silence_logs=logging.ERROR
-    )
-    return cluster, Client(cluster)
-
-
 def _bare_pyfai(scan_dir: Path, frames: int, threads: int) -> float:
     scan = next(scan_dir.glob("*.nxs"))
     with FrameReader(scan, "/entry/instrument/excalibur/data") as r:
@@ -180,8 +172,7 @@ def run() -> list[Result]:
         # (d) live XRD frames/s, writer unpaced (rate 0), with 1 and 2 workers
         live_rate = {}
         for workers in (1, 2):
-            cluster, client = _cluster(workers)
-            with cluster, client:
+            with local_client(workers) as client:
                 # warm-up run: builds pyFAI's engine on each worker
                 _live_run(client, tmp, f"warm{workers}", (2, 4), FULL, 0, True, pool=4, watch=False)
                 live_rate[workers], _ = _live_run(
@@ -199,8 +190,7 @@ def run() -> list[Result]:
                 )
             )
         # (c) latency at half the sustainable rate (full frames), and XRF at 1 kHz
-        cluster, client = _cluster(2)
-        with cluster, client:
+        with local_client(2) as client:
             _live_run(client, tmp, "warm-c", (2, 4), FULL, 0, True, pool=4, watch=False)
             half = max(1.0, live_rate[2] / 2)
             _, lat = _live_run(client, tmp, "c-xrd", (6, 10), FULL, round(half, 1), True, pool=8)

@@ -16,7 +16,6 @@ backend and compiled its kernels), 2 workers against 1.
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import time
@@ -25,10 +24,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from distributed import Client, LocalCluster, wait
+from distributed import Client, wait
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import Result
+from benchmarks.common import Result, local_client
 from hpcproc.dispatch.worker import StepTask, task_part, task_plan
 from hpcproc.nexus.scan import ScanInfo
 from hpcproc.nexus.xrdct_sim import XrdCtConfig, phase_maps, projections
@@ -177,15 +176,7 @@ def scaling(n_x: int = 256, n_theta: int = 181, slices: int = 128, chunk: int = 
             needs={"sinogram": "/entry/sinogram", "find_centre": "/entry/find_centre"},
         )
         for workers in (1, 2):
-            with (
-                LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=1,
-                    dashboard_address=":0",
-                    silence_logs=logging.ERROR,
-                ) as cluster,
-                Client(cluster) as client,
-            ):
+            with local_client(workers) as client:
                 rates[workers] = _parts_rate(client, task, ctx, repeats=3)
     return Result(
         "tomo.reconstruct_2workers_vs_1",

@@ -3,14 +3,10 @@ and a step's `retries` re-runs a batch that failed."""
 
 from __future__ import annotations
 
-import logging
-import sys
-import textwrap
-
 import h5py
 import numpy as np
 import pytest
-from distributed import Client, LocalCluster
+from plugin_helpers import plugin_client as installed_plugin
 
 from hpcproc.jobs import run_job
 from hpcproc.recipes import load_recipe_text
@@ -62,28 +58,12 @@ steps:
 
 @pytest.fixture(scope="module")
 def plugin_cluster(tmp_path_factory):
-    """Installs the plugin the way pip would (module + dist-info with entry points) on a path
-    that both this process and freshly started workers see."""
+    """The plugin installed the way pip would, seen by this process and fresh workers."""
     site = tmp_path_factory.mktemp("site")
-    (site / "flaky_steps.py").write_text(textwrap.dedent(PLUGIN))
-    info = site / "flaky_steps-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: flaky-steps\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[hpcproc.steps]\nflaky_sum = flaky_steps:FlakySum\n")
-    mp = pytest.MonkeyPatch()
-    mp.syspath_prepend(str(site))
-    mp.setenv("PYTHONPATH", str(site))  # inherited by the worker processes
-    registry.available_steps.cache_clear()
-    with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=1, dashboard_address=":0", silence_logs=logging.ERROR
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with installed_plugin(
+        site, "flaky_steps", PLUGIN, "flaky_sum = flaky_steps:FlakySum", workers=1
+    ) as client:
         yield client
-    mp.undo()
-    sys.modules.pop("flaky_steps", None)
-    registry.available_steps.cache_clear()
 
 
 @pytest.mark.parametrize(("retries", "expected"), [(1, Status.SUCCESS), (0, Status.FAILED)])

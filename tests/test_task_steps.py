@@ -4,19 +4,15 @@ attachments and messages filed; a failing part or finish fails only its step."""
 from __future__ import annotations
 
 import json
-import logging
-import sys
-import textwrap
 
 import h5py
 import numpy as np
 import pytest
-from distributed import Client, LocalCluster
+from plugin_helpers import plugin_client as installed_plugin
 
 from hpcproc.jobs import run_job
 from hpcproc.recipes import load_recipe_text
 from hpcproc.status import Status
-from hpcproc.steps import registry
 
 PLUGIN = '''
 """Task steps of a facility's own package, reading what the live step wrote."""
@@ -113,26 +109,12 @@ steps:
 
 @pytest.fixture(scope="module")
 def plugin_client(tmp_path_factory):
+    """The plugin installed the way pip would, seen by this process and fresh workers."""
     site = tmp_path_factory.mktemp("site")
-    (site / "stats_steps.py").write_text(textwrap.dedent(PLUGIN))
-    info = site / "stats_steps-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: stats-steps\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[hpcproc.steps]\nmap_stats = stats_steps:MapStats\n")
-    mp = pytest.MonkeyPatch()
-    mp.syspath_prepend(str(site))
-    mp.setenv("PYTHONPATH", str(site))
-    registry.available_steps.cache_clear()
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, dashboard_address=":0", silence_logs=logging.ERROR
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with installed_plugin(
+        site, "stats_steps", PLUGIN, "map_stats = stats_steps:MapStats", workers=2
+    ) as client:
         yield client
-    mp.undo()
-    sys.modules.pop("stats_steps", None)
-    registry.available_steps.cache_clear()
 
 
 def test_task_steps_run_in_parts_and_file_their_results(plugin_client, sim_scan, truth, lims):
