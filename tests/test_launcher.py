@@ -120,12 +120,25 @@ def test_scan_messages_start_live_and_downstream_processing(tmp_path: Path) -> N
             assert int(f["entry/fe_live/progress"][()]) == 48
             assert int(f["entry/summary/progress"][()]) == 48
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as reply:
-            health = json.load(reply)
-        assert reply.status == 200 and health["status"] == "ok"
+        def health_says_done() -> dict[str, Any] | None:
+            # The launcher files a job as done just after the LIMS has its final status.
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as reply:
+                report = json.load(reply)
+            assert reply.status == 200 and report["status"] == "ok"
+            return report if report["jobs"] == {"done": 2} else None
+
+        health = wait_for("the launcher to file both jobs as done", health_says_done, 30)
         assert all(health["sources"].values()) and health["jobs"] == {"done": 2}
 
-        messages = [json.loads(body) for _h, body in drain(feedback_queue)]
+        # The LIMS may show the jobs ended a moment before their feedback is published.
+        messages: list[dict[str, Any]] = []
+
+        def both_jobs_reported() -> bool:
+            messages.extend(json.loads(body) for _h, body in drain(feedback_queue))
+            ended = [m for m in messages if m["type"] == "job" and m["scan_file"] == str(scan)]
+            return len(ended) >= 2
+
+        wait_for("both jobs' feedback", both_jobs_reported, 30)
         mine = [m for m in messages if m.get("scan_file") == str(scan)]
         kinds = {m["type"] for m in mine}
         assert {"scan", "progress", "step", "job"} <= kinds
