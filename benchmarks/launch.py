@@ -48,10 +48,13 @@ class _Feedback:
 
     def __init__(self) -> None:
         self.first_point: dict[str, float] = {}
+        self.jobs: list[str] = []  # each ended step: what it said (to explain a failed run)
 
     def publish(self, kind: str, message: dict[str, Any]) -> None:
         if kind == "progress" and message["done"] > 0:
             self.first_point.setdefault(message["scan_file"], time.perf_counter())
+        elif kind == "step":
+            self.jobs.append(f"{message['step']} {message['status']} {message['message']}")
 
     def close(self) -> None:
         pass
@@ -80,23 +83,33 @@ def _publish(exchange: str, body: dict[str, Any]) -> None:
 def _one_scan(
     tmp: Path, launcher: _TimedLauncher, feedback: _Feedback, exchange: str, number: int
 ) -> tuple[float, float]:
-    writer = subprocess.Popen(
-        [sys.executable, "-m", "hpcproc.nexus.live_writer", str(tmp / "data"), "-q", "--no-xrd",
-         "--map", "6x8", "--rate", "10", "--scan-number", str(number)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    log = tmp / f"writer-{number}.log"  # a file, not a pipe: a pipe nobody reads can fill up
+    with log.open("w") as err:
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "hpcproc.nexus.live_writer", str(tmp / "data"), "-q",
+             "--no-xrd", "--map", "6x8", "--rate", "10", "--scan-number", str(number)],
+            stdout=subprocess.PIPE, stderr=err, text=True,
+        )  # fmt: skip
     assert writer.stdout is not None
     path = writer.stdout.readline().strip()
     if not path:
-        raise RuntimeError(f"live writer failed: {writer.communicate()[1][-500:]}")
+        writer.wait(30)
+        raise RuntimeError(f"live writer failed: {log.read_text()[-500:]}")
+    # Drain the rest of its stdout (its statistics at the end) so it never blocks on it.
+    threading.Thread(target=writer.stdout.read, daemon=True).start()
     acked_before = len(launcher.acked)
     t0 = time.perf_counter()
     _publish(exchange, {"scanId": f"i18-{number:06d}", "status": "RUNNING", "filePath": path,
                         "beamline": "i18", "visit": "cm12345-1"})  # fmt: skip
-    deadline = time.monotonic() + 60
+    # Past a step's idle timeout (60 s), so a stalled step has said why before this gives up.
+    deadline = time.monotonic() + 75
     while path not in feedback.first_point or len(launcher.acked) == acked_before:
         if time.monotonic() > deadline:
-            raise RuntimeError("launch benchmark: no processed point within 60 s")
+            state = "running" if writer.poll() is None else f"exited {writer.returncode}"
+            raise RuntimeError(
+                f"launch benchmark: no processed point within 75 s (jobs: {feedback.jobs or 'none'}"
+                f"; writer {state}: {' '.join(log.read_text().split())[-300:] or 'no output'})"
+            )
         time.sleep(0.005)
     writer.wait(60)
     if not launcher.wait(120):

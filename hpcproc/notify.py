@@ -141,8 +141,12 @@ class LogNotifier:
 
     def send(self, notice: JobNotice) -> None:
         level = logging.INFO if notice.succeeded else logging.WARNING
-        failed = [sid for sid, (st, _) in notice.steps.items() if str(st).lower() == "failed"]
-        extra = f" (failed steps: {', '.join(failed)})" if failed else ""
+        failed = [
+            f"{sid}: {_one_line(msg)}" if msg else sid
+            for sid, (st, msg) in notice.steps.items()
+            if str(st).lower() == "failed"
+        ]
+        extra = f" (failed steps: {'; '.join(failed)})" if failed else ""
         self.logger.log(
             level,
             "job %s %s scan %s %s%s",
