@@ -33,6 +33,8 @@ StatusFn = Callable[[str, Status, str], None]  # (step id, new status, message)
 # ProcessingJob has no parent column in ISPyB: a reprocessed job records the id of the job it
 # reprocesses as a ProcessingJobParameter with this reserved key (no recipe parameter has a dot).
 REPROCESS_OF = "hpcproc.reprocess_of"
+APPROVAL = "hpcproc.approval"  # see hpcproc.approval
+AWAITING = "awaiting"
 
 
 @dataclass(frozen=True)
@@ -68,16 +70,23 @@ class _LimsRecorder:
         programs: Mapping[str, int],
         progress: ProgressFn | None,
         on_status: StatusFn | None = None,
+        processed: Path | None = None,
     ):
         self.lims = lims
         self.programs = programs
         self.progress = progress
         self.on_status = on_status
+        self.processed = processed
         self._last: dict[str, float] = {}
 
     def step_status(self, step_id: str, status: Status, message: str = "") -> None:
+        pid = self.programs[step_id]
+        if status in (Status.SUCCESS, Status.FAILED) and self.processed is not None:
+            # The processed file is filed before the final status: whoever sees a step end
+            # (the web page, a test) finds its result already attached.
+            self.lims.add_attachment(pid, self.processed, "Result", 1)
         # With a message, the LIMS also files it as an ERROR (failed) or INFO message row.
-        self.lims.set_status(self.programs[step_id], status, message or None)
+        self.lims.set_status(pid, status, message or None)
         if self.on_status is not None:
             self.on_status(step_id, status, message)
 
@@ -181,13 +190,17 @@ def record_plan(
     automatic: bool = False,
     parent_job: int | None = None,
     display_name: str | None = None,
+    awaiting_approval: bool = False,
 ) -> RecordedJob:
     """Record a prepared job in the LIMS: its data collection, job, parameters and steps
-    (all queued). The launcher records before it acknowledges the message that asked."""
+    (all queued). The launcher records before it acknowledges the message that asked.
+    ``awaiting_approval``: the job is to wait for staff (:mod:`hpcproc.approval`)."""
     recipe, scan = plan.recipe, plan.scan
     dc_id = lims.record_scan(scan)
     parameters = dict(plan.parameters)
     comments = f"recipe sha256 {recipe.sha256}"
+    if awaiting_approval:
+        parameters[APPROVAL] = AWAITING
     if parent_job is not None:
         parameters[REPROCESS_OF] = int(parent_job)
         comments = f"reprocess of job {int(parent_job)}; {comments}"
@@ -220,7 +233,7 @@ def execute_plan(
     for pid in programs.values():
         lims.set_environment(pid, env)
     out_path = processed_path(scan.path, recipe.name, job.job_id)
-    recorder = _LimsRecorder(lims, programs, progress, on_status)
+    recorder = _LimsRecorder(lims, programs, progress, on_status, out_path)
     statuses: dict[str, Status] = {}
     provenance = _provenance(plan, job.job_id, job.dc_id, programs, job.parent_job)
     try:
@@ -231,11 +244,6 @@ def execute_plan(
         for pid in programs.values():
             lims.set_status(pid, Status.FAILED, why)
         raise
-    finally:
-        if out_path.exists():
-            for sid, pid in programs.items():
-                if statuses.get(sid) in (Status.SUCCESS, Status.FAILED):
-                    lims.add_attachment(pid, out_path, "Result", 1)
     return JobOutcome(job.job_id, recipe.name, scan.path, out_path, statuses)
 
 
