@@ -339,6 +339,50 @@ def reprocess(
     sys.exit(0 if all(o.status == "success" for o in outcomes) else 1)
 
 
+@main.command()
+@click.argument("job", type=int)
+@click.option("--by", default=None, help="Who approves (default: the login name).")
+@click.option("--cluster", default="local", show_default=True, help="Cluster profile name or file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.pass_context
+def approve(ctx: click.Context, job: int, by: str | None, cluster: str, as_json: bool) -> None:
+    """Approve JOB, held by the launcher for a recipe that needs approval, and run it here
+    (under the same job id)."""
+    import getpass
+
+    from hpcproc.approval import approve as approve_job
+    from hpcproc.dispatch.clusters import load_profile, open_client
+    from hpcproc.jobs import JobOutcome, execute_plan
+
+    profile = load_profile(cluster)
+    # The cluster first: an approved job must not be left queued by a cluster that won't start.
+    with _recording(ctx) as lims, open_client(profile) as client:
+        plan, recorded = approve_job(lims, job, by or getpass.getuser())
+        console.print(f"Job {job} approved", highlight=False)
+        with _progress() as update:
+            outcome: JobOutcome = execute_plan(
+                plan, recorded, lims=lims, client=client, cluster=profile.name, progress=update
+            )
+    _print_outcomes([outcome], as_json)
+    sys.exit(0 if outcome.status == "success" else 1)
+
+
+@main.command()
+@click.argument("job", type=int)
+@click.option("--reason", default="", help="Why it is not run (recorded with the job).")
+@click.option("--by", default=None, help="Who rejects (default: the login name).")
+@click.pass_context
+def reject(ctx: click.Context, job: int, reason: str, by: str | None) -> None:
+    """Do not run JOB, held for approval: its steps are marked skipped with the reason."""
+    import getpass
+
+    from hpcproc.approval import reject as reject_job
+
+    with _recording(ctx) as lims:
+        reject_job(lims, job, by or getpass.getuser(), reason)
+    out.print(f"job {job} rejected", highlight=False)
+
+
 # ---------------------------------------------------------------- demo
 @main.command()
 @click.option(

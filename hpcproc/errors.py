@@ -48,3 +48,7 @@ class StepError(HpcprocError):
 
 class LimsError(HpcprocError):
     """The LIMS could not record or find something."""
+
+
+class ConflictError(HpcprocError):
+    """The thing asked for does not fit the present state (e.g. approving a job twice)."""

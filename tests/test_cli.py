@@ -196,3 +196,30 @@ def test_launcher_needs_a_source(cli) -> None:
     result = cli("launcher", "--stomp", "localhost")
     assert result.exit_code == 2
     assert "--stomp 'localhost' is not HOST:PORT" in one_line_error(result)
+
+
+def test_approve_and_reject_held_jobs(cli, sim_scan, tmp_path):
+    """Staff without the web page: approve runs a held job here, under its id; reject skips it."""
+    from hpcproc.jobs import prepare, record_plan
+    from hpcproc.lims import Lims, default_lims_url
+    from hpcproc.recipes import find_recipe
+
+    with Lims(default_lims_url(tmp_path / "home")) as lims:
+        plan = prepare(find_recipe("xrf-map"), sim_scan.path, {})
+        held = [record_plan(plan, lims=lims, automatic=True, awaiting_approval=True).job_id
+                for _ in range(2)]  # fmt: skip
+    result = cli("approve", held[0], "--by", "admin", "--json")
+    assert result.exit_code == 0, result.output
+    [outcome] = json.loads(result.stdout[result.stdout.index("[") :])
+    assert outcome["job"] == held[0] and outcome["status"] == "success"
+    again = cli("approve", held[0])
+    assert again.exit_code == 1
+    assert "not awaiting approval: approved by admin" in one_line_error(again)
+    result = cli("reject", held[1], "--reason", "sample moved", "--by", "admin")
+    assert result.exit_code == 0 and f"job {held[1]} rejected" in result.stdout
+    with Lims(default_lims_url(tmp_path / "home")) as lims:
+        done, rejected = lims.job(held[0]), lims.job(held[1])
+    assert done.status.value == "success"
+    assert rejected.status.value == "skipped"
+    assert rejected.parameters["hpcproc.approval"].endswith(": sample moved")
+    assert "not run: rejected by admin" in rejected.steps[0].message

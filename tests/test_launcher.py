@@ -516,3 +516,67 @@ def test_a_b18_xafs_scan_gets_the_xafs_recipe_by_default(tmp_path: Path, client:
     assert job.recipe == "xafs-b18" and job.automatic
     assert job.status is Status.SUCCESS, [(s.step_id, s.message) for s in job.steps]
     assert any(m.message.startswith("e0 = ") for s in job.steps for m in s.messages)
+
+
+class _Heard:
+    """Feedback and notifier in one: keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.feedback: list[tuple[str, dict[str, Any]]] = []
+        self.notices: list[Any] = []
+
+    def publish(self, kind: str, message: dict[str, Any]) -> None:
+        self.feedback.append((kind, message))
+
+    def close(self) -> None:
+        pass
+
+    def send(self, notice: Any) -> None:
+        self.notices.append(notice)
+
+
+def test_a_recipe_that_needs_approval_waits_for_staff(tmp_path: Path, client: Any) -> None:
+    """A scan triggers a recipe marked ``needs_approval``: the job is recorded, steps queued,
+    and held (not run, not resumed, not started twice) until staff approve it; it then runs
+    under the same job id."""
+    from hpcproc.approval import approval_of, approve
+    from hpcproc.jobs import execute_plan
+    from hpcproc.notify import Notifiers
+    from hpcproc.recipes import find_recipe
+
+    held = find_recipe("xrf-map").model_copy(update={"needs_approval": True})
+    scan = xrf_scan(tmp_path / "data", 51)
+    body = json.dumps(gda("i18-000051", "FINISHED", scan)).encode()
+    heard = _Heard()
+    with Lims(f"sqlite:///{tmp_path / 'lims.sqlite'}") as lims:
+        state = LauncherState(tmp_path / "state.sqlite")
+        launcher = Launcher(lims=lims, client=client, state=state, recipes=lambda: [held],
+                            feedback=heard, notifiers=Notifiers([heard]))  # fmt: skip
+        try:
+            launcher.handle_message(body, {})
+            [row] = state.jobs()
+            assert row.state == "awaiting approval" and launcher.running() == 0
+            job_id = row.job_id
+            time.sleep(1.0)
+            record = lims.job(job_id)
+            assert record.automatic and approval_of(record).awaiting
+            assert [s.status for s in record.steps] == [Status.QUEUED]
+            assert launcher.resume() == [] and launcher.running() == 0
+            launcher.handle_message(body, {})  # redelivered: nothing new
+            assert len(state.jobs()) == 1 and len(lims.jobs()) == 1
+            [said] = [m for kind, m in heard.feedback if kind == "job"]
+            assert said["status"] == "awaiting approval"
+            assert said["job_id"] == job_id and said["recipe"] == "xrf-map"
+            [notice] = heard.notices
+            assert notice.status == "awaiting approval" and notice.job_id == job_id
+            assert "awaiting approval" in notice.subject()
+
+            plan, job = approve(lims, job_id, "admin", held)
+            assert job.job_id == job_id and job.programs == {"windows": record.steps[0].id}
+            outcome = execute_plan(plan, job, lims=lims, client=client)
+        finally:
+            state.close()
+        record = lims.job(job_id)
+    assert outcome.status is Status.SUCCESS and record.status is Status.SUCCESS
+    assert approval_of(record).text.startswith("approved by admin at ")
+    assert len(record.steps) == 1  # the recorded steps ran: none added

@@ -652,6 +652,36 @@ def test_racing_updates_apply_once(lims: Lims) -> None:
         assert len(record.messages) == len(moves)  # one message per applied move, none extra
 
 
+def test_swap_parameter_is_compare_and_set(lims: Lims) -> None:
+    """Of writers racing to change one job parameter from the same value (two staff approving
+    one job, through two adapters as two processes would), exactly one wins."""
+    dc = lims.record_scan(make_scan())
+    job = lims.create_job(dc, "tomo", {"hpcproc.approval": "awaiting", "npt": 2000})
+    assert not lims.swap_parameter(job, "hpcproc.approval", "approved", "x")  # not the value
+    assert not lims.swap_parameter(job, "no_such_key", "awaiting", "x")
+    other = Lims(lims._url.render_as_string(hide_password=False))
+    barrier = threading.Barrier(6)
+    wins: list[str] = []
+
+    def race(db: Lims, who: str) -> None:
+        barrier.wait()
+        if db.swap_parameter(job, "hpcproc.approval", "awaiting", f"approved by {who}"):
+            wins.append(who)
+
+    threads = [
+        threading.Thread(target=race, args=(other if i % 2 else lims, f"u{i}")) for i in range(6)
+    ]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        other.close()
+    assert len(wins) == 1
+    assert lims.job(job).parameters == {"hpcproc.approval": f"approved by {wins[0]}", "npt": 2000}
+
+
 def test_compare_and_set_retries_after_a_concurrent_move(lims: Lims) -> None:
     """Another writer moves the step just before our compare-and-set update: ours still applies
     (it is a forward move from the new state) and keeps the other writer's start time."""

@@ -44,9 +44,9 @@ from hpcproc.jobs import JobOutcome, RecordedJob, execute_plan, job_notice, reco
 from hpcproc.launch.events import MessageError, RecipeRequest, ScanEvent, ScanState
 from hpcproc.launch.feedback import PROGRESS_EVERY, Feedback, LogFeedback
 from hpcproc.launch.messages import MessageParser
-from hpcproc.launch.state import UNFINISHED, LauncherState, ScanRow
+from hpcproc.launch.state import AWAITING_APPROVAL, UNFINISHED, LauncherState, ScanRow
 from hpcproc.nexus.scan import ScanInfo, read_scan_info
-from hpcproc.notify import Notifiers, notifiers_from_spec
+from hpcproc.notify import JobNotice, Notifiers, notifiers_from_spec
 from hpcproc.recipes import Recipe
 from hpcproc.recipes.loader import list_recipes
 from hpcproc.status import Status
@@ -184,7 +184,11 @@ class Launcher:
         return started
 
     def _record_and_submit(self, scan_key: str, plan: JobPlan) -> int:
-        job = record_plan(plan, lims=self.lims, automatic=True)
+        held = plan.recipe.needs_approval
+        job = record_plan(plan, lims=self.lims, automatic=True, awaiting_approval=held)
+        if held:
+            self._hold(scan_key, plan, job)
+            return job.job_id
         self.state.update_job(plan.scan.path, plan.recipe.name, "recorded", job.job_id)
         log.info("%s: job %d (%s) recorded", plan.scan.scan_id, job.job_id, plan.recipe.name)
         future = self._pool.submit(self._run_job, scan_key, plan, job)
@@ -192,6 +196,20 @@ class Launcher:
             self._futures.add(future)
         future.add_done_callback(self._forget)
         return job.job_id
+
+    def _hold(self, scan_key: str, plan: JobPlan, job: RecordedJob) -> None:
+        """A job of a recipe that needs approval: recorded, told about, not run (whoever
+        approves it runs it, see :mod:`hpcproc.approval`)."""
+        scan, name = plan.scan, plan.recipe.name
+        self.state.update_job(scan.path, name, AWAITING_APPROVAL, job.job_id)
+        log.info("%s: job %d (%s) awaits approval", scan.scan_id, job.job_id, name)
+        about = self._about(scan_key, plan, job)
+        self.feedback.publish("job", {**about, "status": AWAITING_APPROVAL})
+        queued = {sid: (Status.QUEUED.value, "") for sid in job.programs}
+        self.notifiers.send(
+            JobNotice(about["job_id"], name, AWAITING_APPROVAL, scan.path, scan.scan_id,
+                      scan.beamline, scan.visit, queued)
+        )  # fmt: skip
 
     def _forget(self, future: Future[Any]) -> None:
         with self._futures_lock:

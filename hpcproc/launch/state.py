@@ -6,8 +6,9 @@ restarted launcher start nothing twice.
   stop) find it here.
 - ``jobs``: one row per (scan file, recipe), unique: the launcher's idempotence. A row is
   *claimed* before the job is recorded in the LIMS, then carries the LIMS job id (*recorded*),
-  then *running*, *done* or *failed*. The overrides the job was asked with are kept, so a job
-  that a stopped launcher left unfinished can be run again when it restarts.
+  then *running*, *done* or *failed*; or *awaiting approval* (recorded and held, see
+  :mod:`hpcproc.approval`: whoever approves it runs it). The overrides the job was asked with
+  are kept, so a job that a stopped launcher left unfinished can be run again when it restarts.
 
 Writes are ``synchronous=FULL``: a message is acknowledged after its rows are written, so they
 must survive a crash.
@@ -52,6 +53,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 
 UNFINISHED = ("claimed", "recorded", "running")
+AWAITING_APPROVAL = "awaiting approval"  # recorded, held for staff: not resumed, not run here
 
 
 @dataclass(frozen=True)

@@ -615,6 +615,23 @@ class Lims:
         return int(job_id)
 
     @_db_call
+    def swap_parameter(self, job_id: int, key: str, old: Any, new: Any) -> bool:
+        """Compare-and-set one job parameter: ``key`` becomes ``new`` only if it is ``old``
+        now (one UPDATE, so of two processes racing only one wins); False if it was not."""
+        PJP = isp.ProcessingJobParameter
+        with self._write() as conn:
+            result = conn.execute(
+                update(PJP.__table__)
+                .where(
+                    PJP.processingJobId == job_id,
+                    PJP.parameterKey == key,
+                    PJP.parameterValue == encode_parameter(old),
+                )
+                .values(parameterValue=encode_parameter(new))
+            )
+            return result.rowcount == 1
+
+    @_db_call
     def create_program(self, job_id: int, step_id: str, uses: str) -> int:
         """An AutoProcProgram (status queued) for one step of a job."""
         size = _size(_P.processingCommandLine)

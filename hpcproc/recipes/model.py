@@ -381,6 +381,9 @@ class Recipe(_Strict):
     version: str = "1"
     description: str = ""
     applies_to: AppliesTo = Field(default_factory=AppliesTo)
+    # Expensive recipes: a job the launcher starts by itself waits, steps queued, until staff
+    # approve it (API or job page). Jobs a person submits run at once.
+    needs_approval: bool = False
     parameters: dict[str, Parameter] = Field(default_factory=dict)
     steps: list[StepSpec] = Field(min_length=1)
     source: Path | None = None
