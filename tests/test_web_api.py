@@ -113,6 +113,8 @@ def test_openapi_lists_the_endpoints(api):
         "/api/jobs",
         "/api/jobs/{job_id}",
         "/api/jobs/{job_id}/reprocess",
+        "/api/jobs/{job_id}/approve",
+        "/api/jobs/{job_id}/reject",
         "/api/jobs/{job_id}/events",
         "/api/jobs/{job_id}/attachments/{attachment_id}",
         "/api/visits/{visit}/jobs",
@@ -289,6 +291,71 @@ def test_unknown_job_is_404(api):
         r = api.get(url)
         assert r.status_code == 404 and r.json()["detail"] == "no job 424242"
     assert api.post("/api/jobs/424242/reprocess", {}).status_code == 404
+
+
+# ---------------------------------------------------------------- approval
+
+
+def _awaiting_job(api: Api) -> int:
+    """A job recorded as the launcher records one of a recipe that needs approval."""
+    plan = prepare(find_recipe("xrf-map"), api.scan, {"window_width": 25})
+    return record_plan(plan, lims=api.services.lims, automatic=True, awaiting_approval=True).job_id
+
+
+def test_staff_approve_or_reject_jobs_awaiting_approval(api):
+    job_id = _awaiting_job(api)
+    job = api.get(f"/api/jobs/{job_id}").json()
+    assert job["awaiting_approval"] is True and job["approval"] == "awaiting"
+    assert job["status"] == "queued" and job["automatic"] is True
+    assert [s["status"] for s in job["steps"]] == ["queued"]
+    # Only staff decide: the visit's own user and another visit's user are refused.
+    for who in ("alice", "bob"):
+        r = api.post(f"/api/jobs/{job_id}/approve", {}, who)
+        assert r.status_code == 403 and "staff" in r.json()["detail"], r.text
+        assert api.post(f"/api/jobs/{job_id}/reject", {}, who).status_code == 403
+    time.sleep(0.5)
+    assert api.get(f"/api/jobs/{job_id}").json()["status"] == "queued"  # nothing ran
+
+    r = api.post(f"/api/jobs/{job_id}/approve", {}, "staff")
+    assert r.status_code == 202, r.text
+    assert r.json()["job_id"] == job_id  # it runs as recorded, under the same id
+    done = api.wait_job(job_id)
+    assert done["status"] == "success" and done["awaiting_approval"] is False
+    assert done["approval"].startswith("approved by admin at ")
+    assert done["parameters"]["window_width"] == 25
+    r = api.post(f"/api/jobs/{job_id}/approve", {}, "staff")
+    assert r.status_code == 409 and "not awaiting approval: approved by admin" in r.json()["detail"]
+
+    # Rejected: the steps are skipped with the reason; it can then be neither approved nor
+    # rejected again.
+    other = _awaiting_job(api)
+    r = api.post(f"/api/jobs/{other}/reject", {"reason": "beam dump:\nredo the scan"}, "staff")
+    assert r.status_code == 200, r.text
+    job = api.get(f"/api/jobs/{other}").json()
+    assert job["status"] == "skipped" and job["awaiting_approval"] is False
+    assert job["approval"].startswith("rejected by admin at ")
+    assert job["approval"].endswith(": beam dump: redo the scan")
+    (step,) = job["steps"]
+    assert step["status"] == "skipped" and "beam dump: redo the scan" in step["message"]
+    for action in ("approve", "reject"):
+        r = api.post(f"/api/jobs/{other}/{action}", {}, "staff")
+        assert r.status_code == 409 and "rejected by admin" in r.json()["detail"]
+
+    # A job that never needed approval, and one that does not exist.
+    manual, _pid = _recorded_job(api)
+    r = api.post(f"/api/jobs/{manual}/approve", {}, "staff")
+    assert r.status_code == 409 and r.json()["detail"] == f"job {manual} does not need approval"
+    assert api.post("/api/jobs/424242/approve", {}, "staff").status_code == 404
+
+
+def test_approval_waits_while_the_job_cannot_run(api):
+    """A job whose scan file is gone stays awaiting approval (422), so staff can reject it."""
+    job_id = _awaiting_job(api)
+    api.scan.rename(api.scan.with_suffix(".moved"))
+    r = api.post(f"/api/jobs/{job_id}/approve", {}, "staff")
+    assert r.status_code == 422 and api.scan.name in r.json()["detail"], r.text
+    assert api.get(f"/api/jobs/{job_id}").json()["awaiting_approval"] is True
+    assert api.post(f"/api/jobs/{job_id}/reject", {}, "staff").status_code == 200
 
 
 # ---------------------------------------------------------------- attachments

@@ -207,6 +207,55 @@ def test_submit_in_browser_then_watch_the_job(site):
             browser.close()
 
 
+def _log_in(page, url: str, token: str, then: str) -> None:
+    page.goto(f"{url}/login?next={then}")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{url}{then}")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_staff_approve_a_held_job_on_its_page(site):
+    """A job the launcher held for approval: its user sees the badge and no button; staff
+    press Approve and watch it run to success on the same page."""
+    from playwright.sync_api import expect, sync_playwright
+
+    plan = prepare(find_recipe("xrf-map"), site.scan, {})
+    job_id = record_plan(
+        plan, lims=site.services.lims, automatic=True, awaiting_approval=True
+    ).job_id
+    staff = site.services.users.add("admin", [], staff=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            errors: list[str] = []
+            user = browser.new_context().new_page()
+            user.on("pageerror", lambda e: errors.append(str(e)))
+            _log_in(user, site.url, site.tokens["alice"], f"/jobs/{job_id}")
+            expect(user.locator("#approval-badge")).to_have_text("awaiting approval")
+            expect(user.locator("#approval")).to_contain_text("needs approval")
+            assert user.locator("#approve").count() == 0
+
+            page = browser.new_context().new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            _log_in(page, site.url, staff, f"/jobs/{job_id}")
+            expect(page.locator("#job-status")).to_have_attribute("data-status", "queued")
+            page.click("#approve")
+            expect(page.locator("#approval-badge")).to_have_count(0)
+            expect(page.locator("#job-status")).to_have_attribute(
+                "data-status", "success", timeout=60_000
+            )
+            page.reload()
+            expect(page.locator("#approval-record")).to_contain_text("approved by admin at ")
+            # The user's page, left open, follows the job to its end too.
+            expect(user.locator("#job-status")).to_have_attribute(
+                "data-status", "success", timeout=30_000
+            )
+            assert errors == [], errors
+        finally:
+            browser.close()
+
+
 # ---------------------------------------------------------------- without a browser
 
 

@@ -2,7 +2,9 @@
 
 Every route needs a user (401 without a valid token). A job, visit or attachment the user may
 not see is answered 404, as if it did not exist; submitting on a scan of a visit the user does
-not belong to, or naming a file outside the data roots, is 403. Bad parameters are 422 with a
+not belong to, or naming a file outside the data roots, is 403. Approving or rejecting a job
+held for approval (:mod:`hpcproc.approval`) is for staff only (403), and 409 when the job is
+not awaiting approval. Bad parameters are 422 with a
 one-line reason naming the parameter. Errors are JSON ``{"detail": reason}``.
 
 The helpers below the routes (:func:`visible_job`, :func:`job_json`, :func:`listing_json`,
@@ -23,6 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from hpcproc.approval import approval_of, approve, reject
 from hpcproc.errors import HpcprocError, InputError, LimsError
 from hpcproc.lims import Lims
 from hpcproc.lims.adapter import LOCAL_VISIT
@@ -40,10 +43,12 @@ router = APIRouter(prefix="/api", tags=["api"])
 POLL = 0.5  # s between LIMS reads of an event stream
 
 __all__ = [
+    "approve_job",
     "job_json",
     "listing_json",
     "recipe_json",
     "recipes_for",
+    "reject_job",
     "reprocess_job",
     "router",
     "submit_job",
@@ -58,6 +63,10 @@ class JobRequest(BaseModel):
     recipe: str = Field(description="recipe name (GET /api/recipes)")
     scan_file: str = Field(description="the scan's NeXus file, under a data root")
     parameters: dict[str, Any] = Field(default_factory=dict, description="recipe parameters")
+
+
+class RejectRequest(BaseModel):
+    reason: str = Field(default="", max_length=500, description="why the job is not run")
 
 
 class ReprocessRequest(BaseModel):
@@ -140,6 +149,7 @@ def attachment_url(job_id: int, attachment_id: int) -> str:
 
 def job_json(record: JobRecord, visit: str | None) -> dict[str, Any]:
     """A job as the API answers it: parameters, steps with messages and attachments."""
+    approval = approval_of(record)
     return {
         "id": record.id,
         "recipe": record.recipe,
@@ -152,6 +162,8 @@ def job_json(record: JobRecord, visit: str | None) -> dict[str, Any]:
         "visit": visit,
         "dc_id": record.dc_id,
         "reprocess_of": reprocess_of(record),
+        "awaiting_approval": bool(approval and approval.awaiting),
+        "approval": approval.text if approval else None,
         "parameters": record.parameters,
         "url": f"/jobs/{record.id}",
         "events": f"/api/jobs/{record.id}/events",
@@ -252,6 +264,34 @@ def reprocess_job(
     return _accepted(job.job_id)
 
 
+def _staff(user: User, what: str) -> None:
+    if not user.staff:
+        raise HTTPException(403, f"only facility staff {what}; {user.name} is not staff")
+
+
+def approve_job(svc: Services, user: User, job_id: int) -> dict[str, Any]:
+    """Approve a job awaiting approval and start it (same job id); the 202 answer. 403 for
+    users who are not staff, 409 if the job is not awaiting approval, 422 if it cannot run."""
+    _staff(user, "approve jobs")
+    record, _visit = visible_job(svc.lims, user, job_id)
+    if record.scan_file is not None:
+        confined(record.scan_file, svc.settings.data_roots)
+    found = find_recipe_named(record.recipe)
+    if found is None:
+        raise InputError(f"job {job_id} ran recipe {record.recipe!r}, which is not on the path")
+    plan, job = approve(svc.lims, job_id, user.name, found)
+    runner(svc).start(plan, job)
+    return _accepted(job_id)
+
+
+def reject_job(svc: Services, user: User, job_id: int, reason: str) -> dict[str, Any]:
+    """Reject a job awaiting approval: its steps are skipped with the reason."""
+    _staff(user, "reject jobs")
+    visible_job(svc.lims, user, job_id)
+    reject(svc.lims, job_id, user.name, reason)
+    return {"job_id": job_id, "url": f"/jobs/{job_id}"}
+
+
 def _status_event(record: JobRecord) -> dict[str, Any]:
     return {
         "job_id": record.id,
@@ -310,6 +350,21 @@ def reprocess(
 ) -> dict[str, Any]:
     """Run a job's recipe again on its scan with some parameters changed (a linked new job)."""
     return reprocess_job(services(request), user, job_id, body.parameters)
+
+
+@router.post("/jobs/{job_id}/approve", status_code=202)
+def approve_route(job_id: int, request: Request, user: User = CurrentUser) -> dict[str, Any]:
+    """Staff: run a job that awaits approval (a recipe with ``needs_approval`` the launcher
+    started); it runs under the same job id."""
+    return approve_job(services(request), user, job_id)
+
+
+@router.post("/jobs/{job_id}/reject")
+def reject_route(
+    job_id: int, request: Request, body: RejectRequest | None = None, user: User = CurrentUser
+) -> dict[str, Any]:
+    """Staff: do not run a job that awaits approval; its steps are skipped with the reason."""
+    return reject_job(services(request), user, job_id, body.reason if body else "")
 
 
 @router.get("/jobs/{job_id}")

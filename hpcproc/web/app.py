@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from hpcproc import __version__, config
-from hpcproc.errors import HpcprocError, InputError
+from hpcproc.errors import ConflictError, HpcprocError, InputError
 from hpcproc.lims import Lims, default_lims_url
 from hpcproc.web.auth import User, Users
 
@@ -118,9 +118,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(HpcprocError)
     async def _hpcproc_error(_request: Request, exc: HpcprocError) -> JSONResponse:
-        return JSONResponse(
-            {"detail": str(exc)}, status_code=422 if isinstance(exc, InputError) else 500
-        )
+        code = 500
+        if isinstance(exc, InputError):
+            code = 422
+        elif isinstance(exc, ConflictError):
+            code = 409
+        return JSONResponse({"detail": str(exc)}, status_code=code)
 
     from hpcproc.web import api, pages  # routes (imported here: they import this module)
 

@@ -80,6 +80,12 @@ class JobRunner:
         job = record_plan(
             plan, lims=self.lims, automatic=False, parent_job=parent_job, display_name=display_name
         )
+        return self.start(plan, job)
+
+    def start(self, plan: JobPlan, job: RecordedJob) -> RecordedJob:
+        """Run a job already recorded (e.g. one just approved) in the background."""
+        if self._closed:
+            raise RuntimeError("the job runner is closed")
         future = self._pool.submit(self._run, plan, job)
         with self._lock:
             self._futures[job.job_id] = future

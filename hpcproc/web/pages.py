@@ -222,9 +222,10 @@ def job_page(request: Request, job_id: int) -> Response:
     dashboards = sorted(
         {s.environment["dask_dashboard"] for s in job.steps if s.environment.get("dask_dashboard")}
     )
-    from hpcproc.jobs import REPROCESS_OF
+    from hpcproc.approval import approval_of
+    from hpcproc.jobs import APPROVAL, REPROCESS_OF
 
-    parameters = {k: v for k, v in job.parameters.items() if k != REPROCESS_OF}
+    parameters = {k: v for k, v in job.parameters.items() if k not in (REPROCESS_OF, APPROVAL)}
     parent = job.parameters.get(REPROCESS_OF)
     return _render(
         request,
@@ -234,6 +235,7 @@ def job_page(request: Request, job_id: int) -> Response:
         visit=visit,
         parameters=parameters,
         parent=parent,
+        approval=approval_of(job),
         provenance=_provenance(request, job),
         dashboards=dashboards,
         result=_result_file(job),

@@ -54,6 +54,36 @@
     }
   }
 
+  // Staff: approve (the job runs under the same id) or reject a job awaiting approval.
+  async function decide(action, body) {
+    const error = document.getElementById("approval-error");
+    const r = await fetch("/api/jobs/" + jobId + "/" + action, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body || {}),
+    });
+    if (!r.ok) {
+      let detail = r.statusText;
+      try { detail = (await r.json()).detail; } catch (e) { /* not JSON */ }
+      error.textContent = action + ": " + detail;
+      error.hidden = false;
+      return;
+    }
+    if (action === "reject") { window.location.reload(); return; }
+    for (const id of ["approval", "approval-badge"]) {
+      const el = document.getElementById(id);
+      if (el) el.remove();
+    }
+  }
+  const approveButton = document.getElementById("approve");
+  if (approveButton) approveButton.addEventListener("click", () => decide("approve"));
+  const rejectButton = document.getElementById("reject");
+  if (rejectButton) {
+    rejectButton.addEventListener("click", () =>
+      decide("reject", { reason: document.getElementById("reject-reason").value }));
+  }
+
   if (section.dataset.final === "true" || !window.EventSource) return;
   const source = new EventSource("/api/jobs/" + jobId + "/events");
   let plotTimer = null;
