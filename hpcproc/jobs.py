@@ -15,6 +15,7 @@ from typing import Any
 from distributed import Client
 
 from hpcproc import __version__
+from hpcproc.dispatch.ledger import BatchLedger
 from hpcproc.dispatch.plan import JobPlan, make_plan
 from hpcproc.dispatch.runner import Dispatcher
 from hpcproc.errors import HpcprocError, ScanError
@@ -71,24 +72,48 @@ class _LimsRecorder:
         progress: ProgressFn | None,
         on_status: StatusFn | None = None,
         processed: Path | None = None,
+        ledger: BatchLedger | None = None,
+        env: Mapping[str, Any] | None = None,
     ):
         self.lims = lims
         self.programs = programs
         self.progress = progress
         self.on_status = on_status
         self.processed = processed
+        self.ledger = ledger
+        self.env = dict(env or {})
         self._last: dict[str, float] = {}
+        self._started: dict[str, float] = {}
 
     def step_status(self, step_id: str, status: Status, message: str = "") -> None:
         pid = self.programs[step_id]
-        if status in (Status.SUCCESS, Status.FAILED) and self.processed is not None:
-            # The processed file is filed before the final status: whoever sees a step end
-            # (the web page, a test) finds its result already attached.
-            self.lims.add_attachment(pid, self.processed, "Result", 1)
+        if status is Status.RUNNING:
+            self._started[step_id] = time.monotonic()
+        if status in (Status.SUCCESS, Status.FAILED):
+            message = self._batch_record(step_id, pid, status, message)
+            if self.processed is not None:
+                # The processed file is filed before the final status: whoever sees a step end
+                # (the web page, a test) finds its result already attached.
+                self.lims.add_attachment(pid, self.processed, "Result", 1)
         # With a message, the LIMS also files it as an ERROR (failed) or INFO message row.
         self.lims.set_status(pid, status, message or None)
         if self.on_status is not None:
             self.on_status(step_id, status, message)
+
+    def _batch_record(self, step_id: str, pid: int, status: Status, message: str) -> str:
+        """On a batch cluster: the batch jobs and hosts the step ran on, as its environment,
+        and how the workers that left meanwhile ended (a failed step's message says it)."""
+        if self.ledger is None or not self.ledger.active:
+            return message
+        since = self._started.get(step_id, 0.0)
+        self.lims.set_environment(pid, {**self.env, **self.ledger.during(since)})
+        gone = self.ledger.departures(since)
+        for state in gone:
+            self.lims.add_message(pid, "INFO", f"a worker left during the step: {state.describe()}")
+        if status is Status.FAILED and gone:
+            # First: the LIMS's processingMessage keeps 255 characters, and this is the why.
+            message = f"workers lost: {'; '.join(s.describe() for s in gone)}; {message}"
+        return message
 
     def step_result(self, step_id: str, result: StepResult) -> None:
         pid = self.programs[step_id]
@@ -233,7 +258,8 @@ def execute_plan(
     for pid in programs.values():
         lims.set_environment(pid, env)
     out_path = processed_path(scan.path, recipe.name, job.job_id)
-    recorder = _LimsRecorder(lims, programs, progress, on_status, out_path)
+    ledger = BatchLedger(client).start()
+    recorder = _LimsRecorder(lims, programs, progress, on_status, out_path, ledger, env)
     statuses: dict[str, Status] = {}
     provenance = _provenance(plan, job.job_id, job.dc_id, programs, job.parent_job)
     try:
@@ -244,6 +270,8 @@ def execute_plan(
         for pid in programs.values():
             lims.set_status(pid, Status.FAILED, why)
         raise
+    finally:
+        ledger.stop()
     return JobOutcome(job.job_id, recipe.name, scan.path, out_path, statuses)
 
 

@@ -1,8 +1,9 @@
 """Cluster profiles (clusters/*.yaml) -> a Dask client.
 
-A profile is plain data deployed by the facility's compute team. This version has the `local`
-kind (a LocalCluster, the default) and `scheduler` (connect to a running Dask scheduler);
-batch-system kinds (Slurm, Grid Engine) plug in here as one small module each.
+A profile is plain data deployed by the facility's compute team. Kinds: ``local`` (a
+LocalCluster, the default), ``scheduler`` (connect to a running Dask scheduler), and ``slurm`` /
+``sge``: Dask workers as batch jobs through dask-jobqueue, described by the profile's ``batch:``
+block (:mod:`hpcproc.dispatch.batch`), checked against the host before anything is submitted.
 """
 
 from __future__ import annotations
@@ -16,18 +17,22 @@ from pathlib import Path
 from typing import Literal
 
 from distributed import Client, LocalCluster
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import hpcproc
+from hpcproc.dispatch.batch import BatchSpec, check, make_cluster, wait_for_first_worker
 from hpcproc.errors import InputError
 from hpcproc.recipes.loader import load_model
+
+log = logging.getLogger(__name__)
+BATCH_KINDS = ("slurm", "sge")
 
 
 class ClusterProfile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    kind: Literal["local", "scheduler"] = "local"
+    kind: Literal["local", "scheduler", "slurm", "sge"] = "local"
     description: str = ""
     workers: int | None = Field(default=None, ge=1, description="worker processes (None: cores)")
     threads_per_worker: int = Field(default=1, ge=1)
@@ -35,6 +40,25 @@ class ClusterProfile(BaseModel):
     memory_limit: str = "auto"
     dashboard_address: str = Field(default=":8787", description="':0' picks a free port")
     scheduler_address: str | None = Field(default=None, description="for kind: scheduler")
+    batch: BatchSpec | None = Field(default=None, description="for kinds slurm and sge")
+
+    @model_validator(mode="after")
+    def _batch(self) -> ClusterProfile:
+        if self.kind in BATCH_KINDS and self.batch is None:
+            raise ValueError(f"a {self.kind} profile needs a batch: block (queue, cores, ...)")
+        if self.kind not in BATCH_KINDS and self.batch is not None:
+            raise ValueError(f"batch: is for kinds slurm and sge, not {self.kind}")
+        return self
+
+    def sized(self, worker_memory: int) -> ClusterProfile:
+        """This batch profile with each worker given at least ``worker_memory`` bytes."""
+        assert self.batch is not None
+        if worker_memory <= self.batch.worker_memory:
+            return self
+        gib = -(-worker_memory * self.batch.processes // 2**30)  # whole GiB per batch job
+        return self.model_copy(
+            update={"batch": self.batch.model_copy(update={"memory": f"{gib}GiB"})}
+        )
 
 
 def profile_dirs() -> list[Path]:
@@ -62,6 +86,14 @@ def open_client(profile: ClusterProfile) -> Iterator[Client]:
         if not profile.scheduler_address:
             raise InputError(f"cluster profile {profile.name!r}: kind scheduler needs an address")
         with Client(profile.scheduler_address) as client:
+            yield client
+        return
+    if profile.batch is not None:
+        check(profile.kind, profile.name, profile.batch)  # type: ignore[arg-type]
+        cluster = make_cluster(profile.kind, profile.name, profile.batch, profile.dashboard_address)
+        with cluster, Client(cluster) as client:
+            took = wait_for_first_worker(client, profile.kind, cluster, profile.batch.start_timeout)
+            log.info("%s: first worker after %.1f s", profile.name, took)
             yield client
         return
     make = partial(

@@ -1,0 +1,205 @@
+"""Recipes on real batch clusters: a single-node Slurm and a single-node Grid Engine on this
+machine (started by slurm/slurm.sh and slurm/sge.sh, as .ci/run does), Dask workers submitted
+as batch jobs by dask-jobqueue. Results must equal the LocalCluster's; every mistake in a
+profile is one clear line before anything is submitted; a worker's batch job killed mid-step
+leaves a reason in the LIMS and no step running."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import dask
+import h5py
+import numpy as np
+import pytest
+
+from hpcproc.dispatch.batch import batch_jobs, job_states
+from hpcproc.dispatch.clusters import load_profile, open_client
+from hpcproc.errors import InputError, RecipeError
+from hpcproc.jobs import prepare, run_job, run_plan
+from hpcproc.nexus.simulator import SimulationConfig, simulate_scan
+from hpcproc.recipes import find_recipe, load_recipe_text
+from hpcproc.status import Status
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "slurm"
+
+
+def _up(script: str) -> None:
+    """Start the scheduler with its script (a no-op when it is up); skip saying why if not."""
+    path = SCRIPTS / script
+    if subprocess.run(["bash", str(path), "status"], capture_output=True).returncode == 0:
+        return
+    done = subprocess.run(["bash", str(path), "start"], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        pytest.skip(f"{script} start failed: {(done.stderr or done.stdout).strip()[-300:]}")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    _up("slurm.sh")
+
+
+@pytest.fixture(scope="module")
+def sge():
+    _up("sge.sh")
+    env = subprocess.run(["bash", str(SCRIPTS / "sge.sh"), "env"], capture_output=True, text=True)
+    saved = dict(os.environ)
+    for line in env.stdout.splitlines():  # export NAME=value lines
+        name, _, value = line.removeprefix("export ").partition("=")
+        os.environ[name.strip()] = value.strip().strip("'\"")
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(params=["slurm", "sge"])
+def batch(request):
+    request.getfixturevalue(request.param)
+    return request.param
+
+
+def _profile(tmp_path: Path, kind: str, **batch: object) -> Path:
+    """The shipped profile of ``kind`` with some batch settings changed, as a file."""
+    shipped = load_profile(kind)
+    data = shipped.model_dump(mode="json", exclude_none=True)
+    data["batch"].update(batch)
+    path = tmp_path / f"{kind}-test.yaml"
+    path.write_text(json.dumps(data))  # JSON is YAML
+    return path
+
+
+@pytest.fixture(scope="module")
+def xrf_scan(tmp_path_factory):
+    return simulate_scan(
+        tmp_path_factory.mktemp("hpc"), SimulationConfig(map_shape=(4, 6), xrd=False, seed=3)
+    ).path
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: (
+                out.__setitem__(name, obj[()])
+                if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "fiu"
+                else None
+            )
+        )
+    return out
+
+
+def test_recipe_on_a_batch_cluster_equals_local(batch, tmp_path, xrf_scan, lims, client):
+    plan = prepare(find_recipe("xrf-map"), xrf_scan, {})
+    local = run_plan(plan, lims=lims, client=client)
+    with open_client(load_profile(str(_profile(tmp_path, batch)))) as remote:
+        cluster = remote.cluster
+        assert type(cluster).__name__ == {"slurm": "SLURMCluster", "sge": "SGECluster"}[batch]
+        ours = set(batch_jobs(cluster).values())
+        outcome = run_plan(plan, lims=lims, client=remote, cluster=batch)
+    assert local.status == outcome.status == "success"
+    a, b = _arrays(local.processed), _arrays(outcome.processed)
+    assert a.keys() == b.keys()
+    assert sum(k.startswith("entry/windows/") for k in a) >= 2, sorted(a)  # maps and axes
+    for key in a:
+        if "time" not in key and "provenance" not in key:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # The step's environment names the batch jobs its workers ran in, and the scheduler
+    # knows them as jobs of ours.
+    (step,) = lims.job(outcome.job_id).steps
+    env = step.environment
+    assert env["batch_system"] == batch and env["cluster"] == batch
+    assert env["queue"] == ("debug" if batch == "slurm" else "all.q")
+    jobs = set(env["batch_jobs"].split(","))
+    assert jobs and jobs & ours and env["hosts"]
+    assert set(job_states(batch, jobs)) == jobs
+
+
+@pytest.mark.parametrize("kind", ["slurm", "sge"])
+def test_unknown_queue_and_interface_are_refused_before_submitting(kind, tmp_path, request):
+    request.getfixturevalue(kind)
+    bad = load_profile(str(_profile(tmp_path, kind, queue="nosuch")))
+    known = r"queue 'nosuch' is not a .* \(known: .*(debug|all\.q)"
+    with pytest.raises(InputError, match=known), open_client(bad):
+        pass
+    bad = load_profile(str(_profile(tmp_path, kind, interface="ib-none")))
+    missing = r"network interface 'ib-none' does not exist .* lo"
+    with pytest.raises(InputError, match=missing), open_client(bad):
+        pass
+    kw = "squeue" if kind == "slurm" else "qstat"
+    mine = subprocess.run([kw], capture_output=True, text=True).stdout
+    assert "nosuch" not in mine  # nothing was submitted
+
+
+def test_profiles_are_validated_with_file_line_col(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nkind: slurm\n")
+    with pytest.raises(RecipeError, match=r"bad\.yaml.*needs a batch: block"):
+        load_profile(str(bad))
+    bad.write_text("name: bad\nkind: slurm\nbatch:\n  queue: debug\n  memory: lots\n")
+    with pytest.raises(RecipeError, match=r"bad\.yaml:5:\d+: .*'lots' is not a size"):
+        load_profile(str(bad))
+    bad.write_text("name: bad\nkind: sge\nbatch:\n  walltime: 90 minutes\n")
+    with pytest.raises(RecipeError, match=r"bad\.yaml:4:\d+: .*not HH:MM:SS"):
+        load_profile(str(bad))
+    bad.write_text("name: bad\nkind: slurm\nbatch:\n  quue: debug\n")
+    with pytest.raises(RecipeError, match=r"bad\.yaml:4:3: .*unknown key 'quue'"):
+        load_profile(str(bad))
+
+
+def _slow_command(seconds: float) -> str:
+    recipe = {
+        "name": "slow",
+        "steps": [
+            {
+                "id": "slow",
+                "uses": "command",
+                "phase": "downstream",
+                "with": {"program": "sleep", "args": [str(seconds)]},
+            }
+        ],
+    }
+    return json.dumps(recipe)
+
+
+@pytest.mark.parametrize("allowed_failures", [0, 3])
+def test_a_worker_job_killed_mid_step_is_recorded(
+    slurm, tmp_path, xrf_scan, lims, allowed_failures
+):
+    """scancel the batch job of the worker running a step: with no second chance allowed the
+    step fails naming the cancelled job; with Dask's retries a new batch job takes the task
+    over and the step succeeds, the cancelled job recorded. Never left running."""
+    profile = load_profile(str(_profile(tmp_path, "slurm", adaptive={"minimum": 1, "maximum": 1})))
+    failures = {"distributed.scheduler.allowed-failures": allowed_failures}
+    with dask.config.set(failures), open_client(profile) as remote:
+        first = set(batch_jobs(remote.cluster).values())
+        killer = threading.Thread(target=_cancel_when_busy, args=(remote, first))
+        killer.start()
+        outcome = run_job(load_recipe_text(_slow_command(6)), xrf_scan, {},
+                          lims=lims, client=remote, cluster="slurm")  # fmt: skip
+        killer.join(30)
+    (step,) = lims.job(outcome.job_id).steps
+    (cancelled,) = first
+    said = " ".join([step.message or ""] + [m.message for m in step.messages])
+    assert f"batch job {cancelled} CANCELLED" in said, said
+    if allowed_failures == 0:
+        assert step.status is Status.FAILED
+        assert "workers lost" in step.message and cancelled in step.message
+    else:
+        assert step.status is Status.SUCCESS, step.message
+        assert len(step.environment["batch_jobs"].split(",")) >= 2  # a new job took over
+
+
+def _cancel_when_busy(client, jobs: set[str]) -> None:
+    """scancel the worker's job once it is running a task (the step's finish)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if any(client.processing().values()):
+            time.sleep(1.0)
+            subprocess.run(["scancel", *jobs], check=True)
+            return
+        time.sleep(0.1)
