@@ -5,6 +5,10 @@ argument, never shell syntax. ``{scan.file}``, ``{scan.id}`` (any scan field), `
 and ``{workdir}`` in an argument are filled by plain substitution when the step runs (in a
 recipe, write the last two as ``{{processed}}`` / ``{{workdir}}``: recipe templating fills
 ``{...}`` with recipe parameters and leaves doubled braces as single ones).
+
+With ``submit: drmaa`` the program runs as a batch job (Grid Engine or another DRMAA-1
+scheduler, see :mod:`hpcproc.batch.drmaa_job`) instead of in the Dask worker: same arguments,
+same log files and outputs in the workdir, which must be on a filesystem the batch hosts see.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -19,14 +24,20 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from hpcproc.batch.drmaa_job import BatchFinished, run_batch
 from hpcproc.envs import Env, find_env
 from hpcproc.steps.base import StepContext, StepParams, StepResult, TaskStep
+from hpcproc.units import seconds
 
 _PLACEHOLDER = re.compile(r"\{(processed|workdir|scan\.[a-z_]+)\}")
+_QUEUE = re.compile(r"^[A-Za-z0-9_.@*,-]+$")
+_UNSAFE = (";", "|", "&", "`", "$(", "<", ">", "\n")
+# What a batch job inherits of the worker's environment; the rest is what its env changes.
+_BATCH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "USER", "LOGNAME", "TMPDIR")
 
 
 class CommandParams(StepParams):
@@ -38,6 +49,47 @@ class CommandParams(StepParams):
     outputs: list[str] = Field(
         default_factory=list, description="glob patterns in the step's workdir to attach"
     )
+    submit: Literal["local", "drmaa"] = Field(
+        default="local",
+        description="where the program runs: in the Dask worker, or as a batch job through DRMAA",
+    )
+    queue: str | None = Field(default=None, description="batch queue (drmaa only)")
+    walltime: str | None = Field(
+        default=None, description="HH:MM:SS the scheduler allows the batch job (drmaa only)"
+    )
+    cores: int = Field(default=1, ge=1, description="slots of the smp parallel environment")
+    native: str = Field(
+        default="", description="extra native specification (qsub options) for the batch job"
+    )
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime_is_hms(cls, value: str | None) -> str | None:
+        if value is not None:
+            seconds(value)  # ValueError: not HH:MM:SS
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_is_one_word(cls, value: str | None) -> str | None:
+        if value is not None and not _QUEUE.match(value):
+            raise ValueError(f"queue {value!r} is not a queue name (letters, digits, . _ - @ *)")
+        return value
+
+    @field_validator("native")
+    @classmethod
+    def _native_is_plain_words(cls, value: str) -> str:
+        bad = sorted({c for c in _UNSAFE if c in value})
+        if bad:
+            raise ValueError(
+                f"native specification may not contain {', '.join(map(repr, bad))} "
+                "(it is split into qsub options, never run by a shell)"
+            )
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"native specification cannot be split into words: {exc}") from None
+        return value
 
 
 def fill_placeholders(text: str, ctx: StepContext) -> str:
@@ -144,46 +196,143 @@ class Command(TaskStep):
 
     def finish(self, ctx: StepContext) -> StepResult:
         p: CommandParams = self.params  # type: ignore[assignment]
-        env = resolve_env(p.env or ctx.env)
-        workdir = ctx.workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        stdout, stderr = workdir / "stdout.log", workdir / "stderr.log"
-        environ = env.environ() if env is not None else dict(os.environ)
-        where = f" in env {env.name!r}" if env is not None else ""
-
-        program = fill_placeholders(p.program, ctx)
-        argv = [program, *(fill_placeholders(a, ctx) for a in p.args)]
-        if env is None or env.spec.kind in ("venv", "current"):
-            # Found here, so a missing program is a clear message rather than an OSError; in a
-            # venv or "current", `python` is the env's interpreter whatever PATH says.
-            local = env.command([program])[0] if env is not None else program
-            found = _which(local, workdir, environ)
-            if found is None:
-                if os.sep in local:
-                    why = f"program {program!r} not found (no executable file there)"
-                else:
-                    of = f" of env {env.name!r}" if env is not None else ""
-                    why = f"program {program!r} not found on the PATH{of}"
-                return StepResult(failed=why)
-            argv[0] = found
-        command = env.command(argv) if env is not None else argv
+        run = _prepare(p, ctx)
+        if isinstance(run, StepResult):
+            return run
+        if p.submit == "drmaa":
+            return _finish_batch(p, run)
         try:
-            done = run_process(command, workdir, stdout, stderr, p.timeout, environ)
+            done = run_process(
+                run.command, run.workdir, run.stdout, run.stderr, p.timeout, run.environ
+            )
         except OSError as exc:
-            return StepResult(failed=f"cannot run {program!r}{where}: {exc.strerror or exc}")
-
-        logs = [(stdout, "Log"), (stderr, "Log")]
-        files, messages = _outputs(workdir, p.outputs, {stdout, stderr})
-        result = {"attachments": logs + [(f, "Result") for f in files], "messages": messages}
+            return StepResult(
+                failed=f"cannot run {run.program!r}{run.where}: {exc.strerror or exc}"
+            )
         if done.returncode is None:
-            return StepResult(**result, failed=f"timed out after {p.timeout:g} s")
+            return run.result(p, failed=f"timed out after {p.timeout:g} s")
         values = {"exit_code": done.returncode, "seconds": round(done.seconds, 3)}
-        if done.returncode in p.success_codes:
-            return StepResult(**result, values=values)
-        why = last_line(stderr) or last_line(stdout) or "no output"
-        if done.returncode == 127 and env is not None and env.spec.kind in ("module", "conda"):
-            why = f"{why} (is {program!r} in env {env.name!r}?)"
-        return StepResult(**result, values=values, failed=f"exit code {done.returncode}: {why}")
+        failed = None if done.returncode in p.success_codes else run.exit_failure(done.returncode)
+        return run.result(p, values, failed)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A command ready to run: what the local and the batch paths share."""
+
+    program: str  # as the recipe named it, placeholders filled
+    command: list[str]  # what is executed (in the env)
+    workdir: Path
+    stdout: Path
+    stderr: Path
+    environ: dict[str, str]
+    env: Env | None
+
+    @property
+    def where(self) -> str:
+        return f" in env {self.env.name!r}" if self.env is not None else ""
+
+    def result(
+        self, p: CommandParams, values: dict | None = None, failed: str | None = None
+    ) -> StepResult:
+        """The logs, the output files and ``values``; failed with ``failed`` if given."""
+        logs = [(self.stdout, "Log"), (self.stderr, "Log")]
+        files, messages = _outputs(self.workdir, p.outputs, {self.stdout, self.stderr})
+        attachments = logs + [(f, "Result") for f in files]
+        return StepResult(
+            values=values or {}, attachments=attachments, messages=messages, failed=failed
+        )
+
+    def exit_failure(self, code: int) -> str:
+        """``exit code N: <last line it wrote>`` for an exit code that is not a success."""
+        why = last_line(self.stderr) or last_line(self.stdout) or "no output"
+        env = self.env
+        if code == 127 and env is not None and env.spec.kind in ("module", "conda"):
+            why = f"{why} (is {self.program!r} in env {env.name!r}?)"
+        return f"exit code {code}: {why}"
+
+
+def _prepare(p: CommandParams, ctx: StepContext) -> _Run | StepResult:
+    """Env, workdir and argv of the step; a failed StepResult if the program is not there."""
+    env = resolve_env(p.env or ctx.env)
+    workdir = ctx.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    environ = env.environ() if env is not None else dict(os.environ)
+
+    program = fill_placeholders(p.program, ctx)
+    argv = [program, *(fill_placeholders(a, ctx) for a in p.args)]
+    if env is None or env.spec.kind in ("venv", "current"):
+        # Found here, so a missing program is a clear message rather than an OSError; in a
+        # venv or "current", `python` is the env's interpreter whatever PATH says.
+        local = env.command([program])[0] if env is not None else program
+        found = _which(local, workdir, environ)
+        if found is None:
+            if os.sep in local:
+                why = f"program {program!r} not found (no executable file there)"
+            else:
+                of = f" of env {env.name!r}" if env is not None else ""
+                why = f"program {program!r} not found on the PATH{of}"
+            return StepResult(failed=why)
+        argv[0] = found
+    command = env.command(argv) if env is not None else argv
+    stdout, stderr = workdir / "stdout.log", workdir / "stderr.log"
+    return _Run(program, command, workdir, stdout, stderr, environ, env)
+
+
+def _finish_batch(p: CommandParams, run: _Run) -> StepResult:
+    """Run the command as a batch job through DRMAA and say how it ended."""
+    done = run_batch(
+        run.command,
+        run.workdir,
+        run.stdout,
+        run.stderr,
+        p.timeout,
+        _batch_environ(run.environ),
+        queue=p.queue,
+        walltime=p.walltime,
+        cores=p.cores,
+        native=p.native,
+        job_name=f"hpcproc-{run.workdir.name}",
+    )
+    if done.state == "error" and done.job_id is None:
+        return StepResult(failed=f"cannot submit to the batch system: {done.reason}")
+    values = {
+        "exit_code": done.exit_code,
+        "batch_job_id": done.job_id,
+        "batch_queue": done.queue,
+        "batch_host": done.host,
+        "seconds": done.seconds,
+    }
+    values = {k: v for k, v in values.items() if v is not None}
+    return run.result(p, values, _batch_failure(p, run, done))
+
+
+def _batch_failure(p: CommandParams, run: _Run, done: BatchFinished) -> str | None:
+    """Why the batch job failed the step, or None if it succeeded."""
+    job = f"batch job {done.job_id}"
+    if done.state == "timeout":
+        if done.job_id is None:
+            return f"timed out after {p.timeout:g} s before the batch job was submitted"
+        return f"timed out after {p.timeout:g} s; {job} terminated"
+    if done.state == "error":
+        return f"{job}: {done.reason}"
+    if done.state == "aborted":
+        if done.reason:  # Grid Engine's reason it could not run it
+            return f"{job} could not run: {done.reason}"
+        return f"{job} was aborted (qdel?)"
+    if done.state == "killed":
+        limit = f"walltime exceeded (h_rt {p.walltime})" if p.walltime else "a limit of the queue?"
+        return f"{job} killed by {done.signal or 'a signal'}: {limit}"
+    if done.exit_code is None:
+        return f"{job} ended without an exit code"
+    if done.exit_code in p.success_codes:
+        return None
+    return f"{run.exit_failure(done.exit_code)} ({job} on {done.host or 'an unknown host'})"
+
+
+def _batch_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """What a batch job gets: PATH, HOME, LANG and the like, and what the step's env sets."""
+    return {k: v for k, v in environ.items() if k in _BATCH_ENV or os.environ.get(k) != v}
 
 
 def _which(program: str, cwd: Path, environ: Mapping[str, str]) -> str | None:

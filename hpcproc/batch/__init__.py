@@ -1,0 +1,1 @@
+"""Running programs on a batch system (Grid Engine and other DRMAA-1 schedulers)."""
