@@ -15,9 +15,10 @@ from typing import Any
 from distributed import Client
 
 from hpcproc import __version__
-from hpcproc.dispatch.ledger import BatchLedger
 from hpcproc.dispatch.plan import JobPlan, make_plan
+from hpcproc.dispatch.pools import ClientPool
 from hpcproc.dispatch.runner import Dispatcher
+from hpcproc.dispatch.sizing import sized_steps
 from hpcproc.errors import HpcprocError, ScanError
 from hpcproc.lims import Lims
 from hpcproc.nexus.processed import ProcessedFile
@@ -72,7 +73,7 @@ class _LimsRecorder:
         progress: ProgressFn | None,
         on_status: StatusFn | None = None,
         processed: Path | None = None,
-        ledger: BatchLedger | None = None,
+        pool: ClientPool | None = None,
         env: Mapping[str, Any] | None = None,
     ):
         self.lims = lims
@@ -80,7 +81,7 @@ class _LimsRecorder:
         self.progress = progress
         self.on_status = on_status
         self.processed = processed
-        self.ledger = ledger
+        self.pool = pool
         self.env = dict(env or {})
         self._last: dict[str, float] = {}
         self._started: dict[str, float] = {}
@@ -101,13 +102,17 @@ class _LimsRecorder:
             self.on_status(step_id, status, message)
 
     def _batch_record(self, step_id: str, pid: int, status: Status, message: str) -> str:
-        """On a batch cluster: the batch jobs and hosts the step ran on, as its environment,
-        and how the workers that left meanwhile ended (a failed step's message says it)."""
-        if self.ledger is None or not self.ledger.active:
+        """Where the step ran, if not simply on the job's client: its own pool's profile, and
+        on a batch cluster the batch jobs and hosts it used; and how the workers that left
+        meanwhile ended (a failed step's message says so first)."""
+        if self.pool is None:
             return message
+        where, ledger = self.pool.where(step_id)
         since = self._started.get(step_id, 0.0)
-        self.lims.set_environment(pid, {**self.env, **self.ledger.during(since)})
-        gone = self.ledger.departures(since)
+        batch = ledger.during(since) if ledger is not None else {}
+        if where or batch:
+            self.lims.set_environment(pid, {**self.env, **where, **batch})
+        gone = ledger.departures(since) if ledger is not None else []
         for state in gone:
             self.lims.add_message(pid, "INFO", f"a worker left during the step: {state.describe()}")
         if status is Status.FAILED and gone:
@@ -258,20 +263,22 @@ def execute_plan(
     for pid in programs.values():
         lims.set_environment(pid, env)
     out_path = processed_path(scan.path, recipe.name, job.job_id)
-    ledger = BatchLedger(client).start()
-    recorder = _LimsRecorder(lims, programs, progress, on_status, out_path, ledger, env)
+    pool = ClientPool(client)
+    recorder = _LimsRecorder(lims, programs, progress, on_status, out_path, pool, env)
     statuses: dict[str, Status] = {}
     provenance = _provenance(plan, job.job_id, job.dc_id, programs, job.parent_job)
     try:
+        default, profiles = sized_steps(plan, cluster)
+        pool = recorder.pool = ClientPool(client, profiles, default)
         with ProcessedFile(out_path, scan, title=f"{recipe.name} on {scan.scan_id}") as out:
-            statuses = Dispatcher(client, recorder).run(plan, out, provenance)
+            statuses = Dispatcher(client, recorder, pool).run(plan, out, provenance)
     except BaseException as exc:  # interrupted or the cluster died: never leave a step running
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"job aborted: {exc}"
         for pid in programs.values():
             lims.set_status(pid, Status.FAILED, why)
         raise
     finally:
-        ledger.stop()
+        pool.close()  # the job's extra worker pools (and their batch jobs) go with it
     return JobOutcome(job.job_id, recipe.name, scan.path, out_path, statuses)
 
 
@@ -292,6 +299,7 @@ def run_plan(
     in the comments and in the processed file's provenance. ``display_name`` replaces the
     default "<recipe> v<version>".
     """
+    sized_steps(plan, cluster)  # a step no worker can hold is refused before it is recorded
     job = record_plan(
         plan, lims=lims, automatic=automatic, parent_job=parent_job, display_name=display_name
     )

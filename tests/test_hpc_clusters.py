@@ -203,3 +203,103 @@ def _cancel_when_busy(client, jobs: set[str]) -> None:
             subprocess.run(["scancel", *jobs], check=True)
             return
         time.sleep(0.1)
+
+
+# ---------------------------------------------------------------- sizing and per-step pools
+
+
+def test_a_step_no_worker_can_hold_is_refused_before_anything_is_recorded(tmp_path, lims):
+    """An XRD-CT reconstruction of 1800 angles x 4001 positions: ~30 GiB per part of 32 q
+    bins. The shipped slurm profile allows 8 GB per job: refused, naming the step, what it
+    needs and why; nothing is recorded. With smaller parts it fits once workers grow."""
+    from dataclasses import replace
+
+    from hpcproc.dispatch.plan import make_plan
+    from hpcproc.dispatch.sizing import step_profiles
+    from hpcproc.nexus.xrdct_sim import XrdCtConfig, simulate_xrdct
+
+    scan = simulate_xrdct(tmp_path, XrdCtConfig(n_theta=4, n_x=24, frame_shape=(64, 64))).path
+    recipe = find_recipe("xrd-ct")
+    plan = prepare(recipe, scan, {})
+    big = make_plan(recipe, replace(plan.scan, shape=(1800, 4001)), {})
+    slurm = load_profile("slurm")
+    with pytest.raises(InputError) as err:
+        step_profiles(big, slurm)
+    said = str(err.value)
+    assert "step 'reconstruct' needs about" in said and "GiB per worker" in said
+    assert "1800 angles x 4001 positions" in said
+    assert "cluster profile 'slurm' gives a worker at most 7.5 GiB (batch.max_memory)" in said
+    with pytest.raises(InputError, match="step 'reconstruct' needs about"):
+        run_plan(big, lims=lims, client=None, cluster="slurm")  # type: ignore[arg-type]
+    assert lims.jobs() == []  # refused before it was recorded
+    # Fewer q bins per part: fits once the workers are given more memory (up to 8 GB).
+    smaller = replace(big, steps=[
+        replace(s, params=s.params.model_copy(update={"chunk": 8})) if s.id == "reconstruct"
+        else s for s in big.steps
+    ])  # fmt: skip
+    sized = step_profiles(smaller, slurm)
+    assert sized["integrate"] is slurm  # the live step fits as it is
+    grown = sized["reconstruct"].batch
+    assert grown is not None and slurm.batch.worker_memory < grown.worker_memory <= 8e9
+
+
+def _two_pool_recipe(memory: str | None = None, cluster: str | None = None) -> str:
+    resources = {k: v for k, v in (("memory", memory), ("cluster", cluster)) if v}
+    recipe = {
+        "name": "two-pools",
+        "steps": [
+            {"id": "windows", "uses": "xrf_windows", "phase": "live",
+             "with": {"elements": ["Fe-Ka", "Cu-Ka"]}},
+            {"id": "tool", "uses": "command", "phase": "downstream", "needs": ["windows"],
+             "with": {"program": "hostname"},
+             "resources": resources},
+        ],
+    }  # fmt: skip
+    return json.dumps(recipe)
+
+
+def test_a_bigger_step_gets_its_own_pool_released_when_the_job_ends(
+    slurm, tmp_path, xrf_scan, lims
+):
+    """The job's workers have 1 GB; a step asking for 3 GB runs in a pool of its own whose
+    batch jobs ask Slurm for it, and which is gone when the job ends."""
+    profile = load_profile(str(_profile(tmp_path, "slurm", memory="1GB")))
+    with open_client(profile) as remote:
+        own = set(batch_jobs(remote.cluster).values())
+        outcome = run_job(load_recipe_text(_two_pool_recipe(memory="3GB")), xrf_scan, {},
+                          lims=lims, client=remote, cluster=str(_profile(tmp_path, "slurm",
+                          memory="1GB")))  # fmt: skip
+    assert outcome.status == "success", lims.job(outcome.job_id).steps
+    steps = {s.step_id: s for s in lims.job(outcome.job_id).steps}
+    live, tool = steps["windows"].environment, steps["tool"].environment
+    assert set(live["batch_jobs"].split(",")) <= own
+    pool = set(tool["batch_jobs"].split(","))
+    assert pool and not pool & own  # other batch jobs ...
+    for job in pool:  # ... that asked Slurm for 3 GiB, and ended with the job
+        shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True)
+        state = job_states("slurm", [job])[job]
+        assert state.state != "RUNNING", state
+        if shown.returncode == 0:
+            assert "mem=3G" in shown.stdout.replace("3072M", "3G"), shown.stdout
+
+
+def test_steps_of_one_job_on_a_local_cluster_and_on_grid_engine(
+    sge, tmp_path, xrf_scan, lims, client, monkeypatch
+):
+    """resources.cluster sends one step elsewhere: the live step runs on the LocalCluster,
+    the downstream command on Grid Engine workers."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "gridengine.yaml").write_text(
+        _profile(tmp_path, "sge").read_text().replace('"name": "sge"', '"name": "gridengine"')
+    )
+    monkeypatch.setenv("HPCPROC_CLUSTER_PATH", str(profiles))
+    text = _two_pool_recipe(cluster="gridengine")
+    outcome = run_job(load_recipe_text(text), xrf_scan, {}, lims=lims, client=client)
+    assert outcome.status == "success"
+    steps = {s.step_id: s for s in lims.job(outcome.job_id).steps}
+    assert steps["windows"].environment["cluster"] == "local"
+    assert "batch_jobs" not in steps["windows"].environment
+    tool = steps["tool"].environment
+    assert tool["cluster"] == "gridengine" and tool["batch_system"] == "sge"
+    assert tool["queue"] == "all.q" and tool["batch_jobs"]

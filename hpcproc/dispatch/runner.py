@@ -24,6 +24,7 @@ from distributed import Client, as_completed
 
 from hpcproc.dispatch.observe import RunObserver, open_step, reason
 from hpcproc.dispatch.plan import JobPlan, PlannedStep
+from hpcproc.dispatch.pools import ClientPool
 from hpcproc.dispatch.task_runner import TaskRunner
 from hpcproc.dispatch.worker import StepTask, process_batch, step_outputs
 from hpcproc.nexus.follow import ScanFollower
@@ -74,10 +75,13 @@ class _Run:
 
 
 class Dispatcher:
-    def __init__(self, client: Client, observer: RunObserver) -> None:
+    def __init__(
+        self, client: Client, observer: RunObserver, pool: ClientPool | None = None
+    ) -> None:
         self.client = client
         self.observer = observer
-        self.tasks = TaskRunner(client, observer)
+        self.pool = pool or ClientPool(client)
+        self.tasks = TaskRunner(self.pool, observer)
 
     def run(
         self, plan: JobPlan, out: ProcessedFile, provenance: Mapping[str, Mapping[str, Any]]
@@ -171,6 +175,8 @@ class Dispatcher:
         out: ProcessedFile,
         provenance: Mapping[str, Mapping[str, Any]],
     ) -> dict[str, Status]:
+        # A wave's live steps share one cluster (sizing checks it): the first step's.
+        self.client = self.pool.for_step(steps[0].id)
         runs, result = self._start(plan, steps, out, provenance)
         if not runs:
             return result

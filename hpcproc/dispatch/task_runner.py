@@ -22,6 +22,7 @@ from distributed import Client, as_completed
 
 from hpcproc.dispatch.observe import RunObserver, open_step, reason
 from hpcproc.dispatch.plan import JobPlan, PlannedStep
+from hpcproc.dispatch.pools import ClientPool
 from hpcproc.dispatch.worker import StepTask, task_finish, task_part, task_plan
 from hpcproc.nexus.processed import ProcessedFile
 from hpcproc.progress import Progress
@@ -50,8 +51,8 @@ def workdir(processed: Path, step_id: str) -> Path:
 
 
 class TaskRunner:
-    def __init__(self, client: Client, observer: RunObserver) -> None:
-        self.client = client
+    def __init__(self, pool: ClientPool, observer: RunObserver) -> None:
+        self.pool = pool
         self.observer = observer
 
     def run_wave(
@@ -75,19 +76,27 @@ class TaskRunner:
             )
             params = s.params.model_dump_json()
             tasks[s.id] = _Task(s, StepTask(s.spec.uses, params, plan.scan), ctx)
+        # Steps on different worker pools run one pool after the other (futures of one
+        # as_completed loop must share a client).
+        groups: dict[int, tuple[Client, dict[str, _Task]]] = {}
+        for sid, t in tasks.items():
+            client = self.pool.for_step(sid)
+            groups.setdefault(id(client), (client, {}))[1][sid] = t
         with out.suspended():
-            self._run(tasks)
+            for client, group in groups.values():
+                self._run(client, group)
         return {sid: self._file(t, out) for sid, t in tasks.items()}
 
-    def _submit(self, fn: Any, t: _Task, *args: Any) -> Any:
+    @staticmethod
+    def _submit(client: Client, fn: Any, t: _Task, *args: Any) -> Any:
         retries = t.step.spec.resources.retries
-        return self.client.submit(fn, t.task, t.ctx, *args, retries=retries, pure=False)
+        return client.submit(fn, t.task, t.ctx, *args, retries=retries, pure=False)
 
-    def _run(self, tasks: dict[str, _Task]) -> None:
+    def _run(self, client: Client, tasks: dict[str, _Task]) -> None:
         owner: dict[str, tuple[_Task, str, Any]] = {}
         done = as_completed(with_results=True, raise_errors=False)
         for t in tasks.values():
-            fut = self._submit(task_plan, t)
+            fut = self._submit(client, task_plan, t)
             owner[fut.key] = (t, "plan", None)
             done.add(fut)
         for fut, value in done:
@@ -102,7 +111,7 @@ class TaskRunner:
             if stage == "plan":
                 t.plan = value
                 for p in t.plan.parts:
-                    f = self._submit(task_part, t, p)
+                    f = self._submit(client, task_part, t, p)
                     owner[f.key] = (t, "part", p)
                     done.add(f)
             elif stage == "part":
@@ -117,7 +126,7 @@ class TaskRunner:
                 t.result = value
                 continue
             if t.plan is not None and t.parts_done == len(t.plan.parts):
-                f = self._submit(task_finish, t)
+                f = self._submit(client, task_finish, t)
                 owner[f.key] = (t, "finish", None)
                 done.add(f)
 

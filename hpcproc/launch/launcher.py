@@ -39,6 +39,7 @@ from typing import Any
 from distributed import Client
 
 from hpcproc.dispatch.plan import JobPlan, make_plan
+from hpcproc.dispatch.sizing import sized_steps
 from hpcproc.errors import HpcprocError, InputError, RecipeError, ScanError
 from hpcproc.jobs import JobOutcome, RecordedJob, execute_plan, job_notice, record_plan
 from hpcproc.launch.events import MessageError, RecipeRequest, ScanEvent, ScanState
@@ -174,6 +175,7 @@ class Launcher:
                 continue  # started before: a redelivered message, or start and end both seen
             try:
                 plan = make_plan(recipe, info, overrides)
+                sized_steps(plan, self.cluster)  # refused now, not killed in a queue later
             except InputError as exc:
                 self.state.update_job(info.path, recipe.name, "rejected", message=str(exc))
                 problems.append(f"recipe {recipe.name}: {exc}")

@@ -59,6 +59,13 @@ class Step(ABC):
     outputs: ClassVar[dict[str, str]] = {}  # output name -> what it is
     description: ClassVar[str] = ""
 
+    @classmethod
+    def memory_estimate(cls, params: StepParams, scan: ScanInfo) -> tuple[int, str] | None:
+        """Bytes one task of this step may hold at once on a worker, and how that was worked
+        out (said to a person when it does not fit); None: nothing special (the dispatcher's
+        default). Known before the job runs, from the scan's shape and dtype only."""
+        return None
+
 
 class FrameStep(Step):
     """Reduces every frame (scan point) of one dataset of the scan to a few small arrays.

@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import Field
 
 from hpcproc.errors import StepError
+from hpcproc.nexus.scan import ScanInfo
 from hpcproc.steps.base import (
     ArrayOutput,
     Axis,
@@ -214,6 +215,19 @@ class TomoReconstruct(TaskStep):
     description = "Filtered back projection per q bin: XRD-CT volume (q, y, x)"
     inputs = {"sinograms": "(q, theta, x)", "centre": "rotation axis (found or given)"}
     outputs = {"I": "reconstructed patterns (q, y, x)"}
+
+    @classmethod
+    def memory_estimate(cls, params: StepParams, scan: ScanInfo) -> tuple[int, str] | None:
+        # One part holds `chunk` sinograms (theta x x, float32) and their slices (size^2,
+        # float64), with FBP's filtered copy and padding: about 3x and 2x of each.
+        p: TomoReconstructParams = params  # type: ignore[assignment]
+        if len(scan.shape) != 2:
+            return None
+        n_theta, n_x = scan.shape
+        size = p.size or default_size(n_x)
+        need = p.chunk * (3 * 4 * n_theta * n_x + 2 * 8 * size * size)
+        what = f"{p.chunk} q bins per part x ({n_theta} angles x {n_x} positions, {size}^2 grid)"
+        return need, what
 
     def _centre(self, ctx: StepContext, n_x: int) -> tuple[float, str]:
         if self.params.centre is not None:

@@ -26,6 +26,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from hpcproc.approval import approval_of, approve, reject
+from hpcproc.dispatch.sizing import sized_steps
 from hpcproc.errors import HpcprocError, InputError, LimsError
 from hpcproc.lims import Lims
 from hpcproc.lims.adapter import LOCAL_VISIT
@@ -244,6 +245,7 @@ def submit_job(
     from hpcproc.dispatch.plan import make_plan
 
     plan = make_plan(found, scan, parameters)
+    sized_steps(plan, svc.settings.cluster)
     job = runner(svc).submit(plan)
     return _accepted(job.job_id)
 
@@ -260,6 +262,7 @@ def reprocess_job(
     if record.scan_file is not None:
         confined(record.scan_file, svc.settings.data_roots)
     (plan,) = plan_reprocessing(job_id, parameters, lims=svc.lims, recipe=found)
+    sized_steps(plan.plan, svc.settings.cluster)
     job = runner(svc).submit(plan.plan, parent_job=plan.parent, display_name=plan.display_name)
     return _accepted(job.job_id)
 
