@@ -303,3 +303,50 @@ def test_steps_of_one_job_on_a_local_cluster_and_on_grid_engine(
     tool = steps["tool"].environment
     assert tool["cluster"] == "gridengine" and tool["batch_system"] == "sge"
     assert tool["queue"] == "all.q" and tool["batch_jobs"]
+
+
+# ---------------------------------------------------------------- walltime
+
+
+def test_live_scan_outlasts_its_workers_walltime(slurm, tmp_path, lims, client):
+    """Workers of a 1-minute walltime leave after ~30 s (drain_before 40 s, staggered); a live
+    scan written over ~45 s is processed across the replacement batch jobs with no point lost:
+    the maps equal the LocalCluster's processing of the same file."""
+    from launch_helpers import start_writer
+
+    profile = _profile(tmp_path, "slurm", walltime="00:01:00", drain_before="00:00:40",
+                       stagger="00:00:04", adaptive={"minimum": 1, "maximum": 2})  # fmt: skip
+    writer, scan = start_writer(
+        tmp_path / "data", "--no-xrd", "--map", "9x10", "--rate", "2", "--scan-number", "61"
+    )
+    plan = prepare(find_recipe("xrf-map"), scan, {})
+    with open_client(load_profile(str(profile))) as remote:
+        first = set(batch_jobs(remote.cluster).values())
+        outcome = run_plan(plan, lims=lims, client=remote, cluster=str(profile))
+    assert writer.wait(60) == 0
+    assert outcome.status == "success", lims.job(outcome.job_id).steps[0].message
+    (step,) = lims.job(outcome.job_id).steps
+    used = set(step.environment["batch_jobs"].split(","))
+    assert len(used) >= 2 and first <= used, used  # the first job left; others took over
+    states = job_states("slurm", first)
+    assert all(s.state != "TIMEOUT" for s in states.values()), states  # left before walltime
+    offline = run_plan(prepare(find_recipe("xrf-map"), scan, {}), lims=lims, client=client)
+    a, b = _arrays(outcome.processed), _arrays(offline.processed)
+    for key in a:
+        if key.startswith("entry/windows/") and a[key].ndim >= 2:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_a_worker_killed_at_its_walltime_gives_the_reason(sge, tmp_path, xrf_scan, lims):
+    """Grid Engine kills a worker's batch job at its h_rt (20 s here, a directive overriding
+    the profile's walltime) while a step runs on it: the step fails saying so."""
+    profile = load_profile(str(_profile(tmp_path, "sge", job_directives=["-l h_rt=20"],
+                                        adaptive={"minimum": 1, "maximum": 1})))  # fmt: skip
+    failures = {"distributed.scheduler.allowed-failures": 0}
+    with dask.config.set(failures), open_client(profile) as remote:
+        outcome = run_job(load_recipe_text(_slow_command(60)), xrf_scan, {},
+                          lims=lims, client=remote, cluster="sge")  # fmt: skip
+    (step,) = lims.job(outcome.job_id).steps
+    assert step.status is Status.FAILED
+    assert "workers lost: batch job" in step.message and "TIMEOUT" in step.message, step.message
+    assert "h_rt" in step.message
