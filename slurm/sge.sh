@@ -320,7 +320,9 @@ up_message() { echo "sge: up (queues: ${QUEUES[*]})"; }
 # Commands
 
 cmd_start() {
-  if installed && healthy >/dev/null; then up_message; return 0; fi
+  # Up already: still apply the configuration (idempotent, ~1 s), so the queues always have
+  # what this script says (e.g. one slot per core of this machine).
+  if installed && healthy >/dev/null; then configure; up_message; return 0; fi
   install
   write_host_aliases
   start_qmaster
