@@ -8,7 +8,7 @@ import json
 import sys
 
 # Each module exposes run() -> list[Result]; the name of a benchmark is its module's name.
-MODULES = ["xrf_windows", "xrd_integrate", "reader", "live", "lims", "launch", "tomo"]
+MODULES = ["xrf_windows", "xrd_integrate", "reader", "live", "lims", "launch", "tomo", "hpc"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,3 +81,15 @@ def test_launch_benchmark_small(bench):
     assert 0 < recorded.value < 60 and 0 < first.value < 60
     assert all(r.baseline_value == 1.0 and not r.higher_is_better for r in results)
     assert "launch" in importlib.import_module("benchmarks.__main__").MODULES
+
+
+def test_hpc_benchmark_small(bench):
+    hpc = importlib.import_module("benchmarks.hpc")
+    results = hpc.run(runs=1, shape=(4, 6))
+    names = [r.name for r in results]
+    for kind in ("slurm", "sge"):
+        assert f"hpc.{kind}_job" in names
+    for r in results:
+        assert r.baseline_value > 0 and not r.higher_is_better, r
+        assert r.value > 0 or r.note.startswith("skipped: "), r
+    assert "hpc" in importlib.import_module("benchmarks.__main__").MODULES
