@@ -135,19 +135,22 @@ def test_unknown_queue_and_interface_are_refused_before_submitting(kind, tmp_pat
     assert "nosuch" not in mine  # nothing was submitted
 
 
-def test_profiles_are_validated_with_file_line_col(tmp_path):
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("name: bad\nkind: slurm\n", r"bad\.yaml.*needs a batch: block"),
+        ("name: bad\nkind: slurm\nbatch:\n  queue: debug\n  memory: lots\n",
+         r"bad\.yaml:5:\d+: .*'lots' is not a size"),
+        ("name: bad\nkind: sge\nbatch:\n  walltime: 90 minutes\n",
+         r"bad\.yaml:4:\d+: .*not HH:MM:SS"),
+        ("name: bad\nkind: slurm\nbatch:\n  quue: debug\n",
+         r"bad\.yaml:4:3: .*unknown key 'quue'"),
+    ],
+)  # fmt: skip
+def test_profiles_are_validated_with_file_line_col(tmp_path, text, error):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\nkind: slurm\n")
-    with pytest.raises(RecipeError, match=r"bad\.yaml.*needs a batch: block"):
-        load_profile(str(bad))
-    bad.write_text("name: bad\nkind: slurm\nbatch:\n  queue: debug\n  memory: lots\n")
-    with pytest.raises(RecipeError, match=r"bad\.yaml:5:\d+: .*'lots' is not a size"):
-        load_profile(str(bad))
-    bad.write_text("name: bad\nkind: sge\nbatch:\n  walltime: 90 minutes\n")
-    with pytest.raises(RecipeError, match=r"bad\.yaml:4:\d+: .*not HH:MM:SS"):
-        load_profile(str(bad))
-    bad.write_text("name: bad\nkind: slurm\nbatch:\n  quue: debug\n")
-    with pytest.raises(RecipeError, match=r"bad\.yaml:4:3: .*unknown key 'quue'"):
+    bad.write_text(text)
+    with pytest.raises(RecipeError, match=error):
         load_profile(str(bad))
 
 

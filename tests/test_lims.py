@@ -612,6 +612,17 @@ def test_thread_safety_none_lost(lims: Lims) -> None:
     assert record.status is Status.SUCCESS
 
 
+def _run_all(threads: list[threading.Thread], other: Lims) -> None:
+    """Start the racing threads, wait for them all, then close the second adapter."""
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        other.close()
+
+
 def test_racing_updates_apply_once(lims: Lims) -> None:
     """Several writers (threads, and a second adapter standing in for another process) race
     the same transitions on the same steps: each move is applied exactly once."""
@@ -636,13 +647,7 @@ def test_racing_updates_apply_once(lims: Lims) -> None:
         threading.Thread(target=race, args=(lims if i % 2 else other, final))
         for i, final in enumerate(finals)
     ]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        other.close()
+    _run_all(threads, other)
     for program in programs:
         moves = [s for p, s in wins if p == program]
         record = lims.program(program)
@@ -671,13 +676,7 @@ def test_swap_parameter_is_compare_and_set(lims: Lims) -> None:
     threads = [
         threading.Thread(target=race, args=(other if i % 2 else lims, f"u{i}")) for i in range(6)
     ]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        other.close()
+    _run_all(threads, other)
     assert len(wins) == 1
     assert lims.job(job).parameters == {"hpcproc.approval": f"approved by {wins[0]}", "npt": 2000}
 
