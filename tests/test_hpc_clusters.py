@@ -120,7 +120,7 @@ def test_recipe_on_a_batch_cluster_equals_local(batch, tmp_path, xrf_scan, lims,
 
 
 @pytest.mark.parametrize("kind", ["slurm", "sge"])
-def test_unknown_queue_and_interface_are_refused_before_submitting(kind, tmp_path, request):
+def test_unknown_queue_interface_or_walltime_are_refused_before_submitting(kind, tmp_path, request):
     request.getfixturevalue(kind)
     bad = load_profile(str(_profile(tmp_path, kind, queue="nosuch")))
     known = r"queue 'nosuch' is not a .* \(known: .*(debug|all\.q)"
@@ -130,9 +130,22 @@ def test_unknown_queue_and_interface_are_refused_before_submitting(kind, tmp_pat
     missing = r"network interface 'ib-none' does not exist .* lo"
     with pytest.raises(InputError, match=missing), open_client(bad):
         pass
+    short = "short" if kind == "slurm" else "short.q"
+    bad = load_profile(str(_profile(tmp_path, kind, queue=short, walltime="01:00:00")))
+    too_long = rf"walltime 01:00:00 is longer than queue '{short}' allows \(00:01:00\)"
+    with pytest.raises(InputError, match=too_long), open_client(bad):
+        pass
     kw = "squeue" if kind == "slurm" else "qstat"
     mine = subprocess.run([kw], capture_output=True, text=True).stdout
     assert "nosuch" not in mine  # nothing was submitted
+
+
+def test_slurm_durations():
+    from hpcproc.dispatch.batch import slurm_duration
+
+    cases = {"1:00": 60, "30": 1800, "2:00:00": 7200, "1-00:00:00": 86400, "2-12": 216000,
+             "infinite": None, "UNLIMITED": None}  # fmt: skip
+    assert {text: slurm_duration(text) for text in cases} == cases
 
 
 @pytest.mark.parametrize(

@@ -160,8 +160,49 @@ def check(kind: Literal["slurm", "sge"], profile: str, spec: BatchSpec) -> None:
                 f"cluster profile {profile!r}: queue {spec.queue!r} is not a {word} of this "
                 f"{'Slurm' if kind == 'slurm' else 'Grid Engine'} (known: {', '.join(known)})"
             )
+        limit = queue_walltime(kind, spec.queue)
+        if limit is not None and seconds(spec.walltime) > limit:
+            raise InputError(
+                f"cluster profile {profile!r}: walltime {spec.walltime} is longer than queue "
+                f"{spec.queue!r} allows ({hms(limit)}): its jobs would wait for ever"
+            )
     if spec.interface is not None:
         check_interface(profile, spec.interface)
+
+
+def slurm_duration(text: str) -> int | None:
+    """Seconds in Slurm's time format ([days-]hours:minutes:seconds, minutes:seconds,
+    minutes, days-hours[:minutes]); None for "infinite" or "UNLIMITED"."""
+    text = text.strip()
+    if text.lower() in ("infinite", "unlimited", ""):
+        return None
+    days, _, rest = text.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:  # days-hours[:minutes[:seconds]]
+        parts += [0] * (3 - len(parts))
+        h, m, sec = parts
+    elif len(parts) == 3:
+        h, m, sec = parts
+    else:  # minutes[:seconds]
+        h, m, sec = 0, parts[0], parts[1] if len(parts) > 1 else 0
+    return int(days or 0) * 86400 + h * 3600 + m * 60 + sec
+
+
+def queue_walltime(kind: str, queue: str) -> int | None:
+    """The longest run the queue allows, in s (None: no limit, or none could be read)."""
+    try:
+        if kind == "slurm":
+            return slurm_duration(_run(["sinfo", "-h", "-p", queue, "-o", "%l"]).split()[0])
+        for line in _run(["qconf", "-sq", queue]).splitlines():
+            key, _, value = line.partition(" ")
+            if key == "h_rt":
+                value = value.strip()
+                if value.upper() == "INFINITY":
+                    return None
+                return seconds(value) if ":" in value else int(value)
+    except (HpcprocError, ValueError, IndexError):
+        return None
+    return None
 
 
 def check_interface(profile: str, name: str) -> None:
