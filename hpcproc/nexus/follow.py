@@ -46,7 +46,9 @@ class ScanFollower:
         try:
             if self._finished is not None:
                 self._finished.refresh()
-                self.finished = bool(self._finished[()])
+                was, self.finished = self.finished, bool(self._finished[()])
+                if self.finished and not was:
+                    self._reopen()  # the end is final: count from a fresh view of the file
             complete = self._count()
         except (OSError, RuntimeError, ValueError) as exc:
             raise ScanError(f"{self.path}: cannot follow the scan: {exc}") from exc
@@ -54,6 +56,23 @@ class ScanFollower:
             self.complete = complete
             self.last_change = time.monotonic()
         return self.complete, self.finished
+
+    def _reopen(self) -> None:
+        """Open the file again (the writer may have closed it by now): whatever a long-lived
+        SWMR view had cached, the last count comes from what is on disk."""
+        dataset = self._frames.name if self._frames is not None else None
+        self.close()  # first: HDF5 would hand a second open of the same file the same view
+        for attempt in range(20):  # the writer may be closing the file this very moment
+            try:
+                self._file, self.swmr = open_h5(self.path)
+                break
+            except ScanError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.1)
+        self._keys = self._get(KEYS)
+        self._finished = self._get(FINISHED)
+        self._frames = self._get(dataset) if self._keys is None and dataset else None
 
     def _count(self) -> int:
         if self._keys is None:
