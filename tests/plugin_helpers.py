@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -10,8 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 
+from benchmarks.common import local_client
 from hpcproc.steps import registry
 
 
@@ -33,15 +33,7 @@ def plugin_client(
     mp.setenv("PYTHONPATH", str(site))  # inherited by the worker processes
     registry.available_steps.cache_clear()
     try:
-        with (
-            LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                dashboard_address=":0",
-                silence_logs=logging.ERROR,
-            ) as cluster,
-            Client(cluster) as client,
-        ):
+        with local_client(workers) as client:  # started now: its workers see PYTHONPATH
             yield client
     finally:
         mp.undo()

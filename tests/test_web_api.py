@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -13,12 +12,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from web_helpers import web_app
 
 from hpcproc.jobs import REPROCESS_OF, prepare, record_plan
 from hpcproc.recipes import find_recipe
 from hpcproc.status import Status
-from hpcproc.web import api as web_api
-from hpcproc.web.app import Settings, create_app
 
 
 @dataclass
@@ -54,13 +52,8 @@ class Api:
 
 @pytest.fixture
 def api(tmp_path, monkeypatch, client, sim_scan):
-    home, data = tmp_path / "home", tmp_path / "data"
-    (data / "scans").mkdir(parents=True)
-    scan = Path(shutil.copy(sim_scan.path, data / "scans" / sim_scan.path.name))
-    monkeypatch.setenv("HPCPROC_HOME", str(home))
-    monkeypatch.delenv("HPCPROC_LIMS_URL", raising=False)
-    monkeypatch.setattr(web_api, "POLL", 0.1)
-    app = create_app(Settings(home=home, data_roots=[data]))
+    app, scan = web_app(tmp_path, monkeypatch, sim_scan)
+    data = tmp_path / "data"
     with TestClient(app) as http:
         svc = app.state.services
         svc.extra["client"] = client  # the session's LocalCluster: never closed by the app

@@ -4,7 +4,6 @@ turn to success and show its plot; then page rules (404, 403) and the plots, wit
 
 from __future__ import annotations
 
-import shutil
 import socket
 import threading
 import time
@@ -16,12 +15,12 @@ import numpy as np
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from web_helpers import web_app
 
 from hpcproc.jobs import prepare, record_plan
 from hpcproc.recipes import find_recipe
-from hpcproc.web import api as web_api
 from hpcproc.web import plots
-from hpcproc.web.app import COOKIE, Settings, create_app
+from hpcproc.web.app import COOKIE
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -51,16 +50,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _app(tmp_path: Path, monkeypatch, sim_scan):
-    home, data = tmp_path / "home", tmp_path / "data"
-    (data / "scans").mkdir(parents=True)
-    scan = Path(shutil.copy(sim_scan.path, data / "scans" / sim_scan.path.name))
-    monkeypatch.setenv("HPCPROC_HOME", str(home))
-    monkeypatch.delenv("HPCPROC_LIMS_URL", raising=False)
-    monkeypatch.setattr(web_api, "POLL", 0.1)
-    return create_app(Settings(home=home, data_roots=[data])), scan
-
-
 def _add_users(svc) -> dict[str, str]:
     return {
         "alice": svc.users.add("alice", ["cm12345-1"]),
@@ -80,7 +69,7 @@ def _release(svc) -> None:
 @pytest.fixture
 def site(tmp_path, monkeypatch, client, sim_scan):
     """The app served by uvicorn in a thread, on a free port, jobs on the session's cluster."""
-    app, scan = _app(tmp_path, monkeypatch, sim_scan)
+    app, scan = web_app(tmp_path, monkeypatch, sim_scan)
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
@@ -104,7 +93,7 @@ def site(tmp_path, monkeypatch, client, sim_scan):
 @pytest.fixture
 def pages(tmp_path, monkeypatch, sim_scan):
     """The app through TestClient (no job is run)."""
-    app, scan = _app(tmp_path, monkeypatch, sim_scan)
+    app, scan = web_app(tmp_path, monkeypatch, sim_scan)
     with TestClient(app) as http:
         svc = app.state.services
         yield http, svc, scan, _add_users(svc)
