@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ispyb.sqlalchemy as isp
 import pytest
-from sqlalchemy import create_engine, delete, event, inspect, select, text
+from sqlalchemy import create_engine, delete, event, func, inspect, select, text
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.schema import CreateTable
 
@@ -679,6 +679,44 @@ def test_swap_parameter_is_compare_and_set(lims: Lims) -> None:
     _run_all(threads, other)
     assert len(wins) == 1
     assert lims.job(job).parameters == {"hpcproc.approval": f"approved by {wins[0]}", "npt": 2000}
+
+
+def test_add_parameter_once_has_one_winner(lims: Lims) -> None:
+    """Writers racing to add the same job parameter (two people cancelling one job, through
+    two adapters as two processes would): exactly one adds it, and only one row exists."""
+    dc = lims.record_scan(make_scan())
+    job = lims.create_job(dc, "xrf", {"npt": 2000})
+    assert lims.job_parameter(job, "hpcproc.cancel") is None
+    assert lims.job_parameter(job, "npt") == 2000
+    other = Lims(lims._url.render_as_string(hide_password=False))
+    barrier = threading.Barrier(6)
+    wins: list[str] = []
+    errors: list[BaseException] = []
+
+    def race(db: Lims, who: str) -> None:
+        barrier.wait()
+        try:
+            if db.add_parameter_once(job, "hpcproc.cancel", f"cancelled by {who}"):
+                wins.append(who)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=race, args=(other if i % 2 else lims, f"u{i}")) for i in range(6)
+    ]
+    _run_all(threads, other)
+    assert errors == [] and len(wins) == 1
+    assert lims.job_parameter(job, "hpcproc.cancel") == f"cancelled by {wins[0]}"
+    with lims._engine.connect() as conn:
+        rows = conn.execute(
+            select(func.count()).where(
+                isp.ProcessingJobParameter.processingJobId == job,
+                isp.ProcessingJobParameter.parameterKey == "hpcproc.cancel",
+            )
+        ).scalar()
+    assert rows == 1
+    assert not lims.add_parameter_once(job, "npt", 1000)  # a recipe's own: never overwritten
+    assert lims.job(job).parameters["npt"] == 2000
 
 
 def test_compare_and_set_retries_after_a_concurrent_move(lims: Lims) -> None:

@@ -66,7 +66,18 @@ from pathlib import Path, PurePath
 from typing import Any, ParamSpec, TypeVar
 
 import ispyb.sqlalchemy as isp
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    event,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -630,6 +641,48 @@ class Lims:
                 .values(parameterValue=encode_parameter(new))
             )
             return result.rowcount == 1
+
+    @_db_call
+    def add_parameter_once(self, job_id: int, key: str, value: Any) -> bool:
+        """Add the job parameter ``key`` unless the job has it already; False if it had. Of
+        writers racing (other threads or processes), exactly one adds it."""
+        PJ, PJP = isp.ProcessingJob, isp.ProcessingJobParameter
+        text = _cut(encode_parameter(value), _size(PJP.parameterValue))
+        taken = exists().where(PJP.processingJobId == job_id, PJP.parameterKey == key)
+        row = {"processingJobId": job_id, "parameterKey": key, "parameterValue": text}
+        with self._write() as conn:
+            if conn.dialect.name == "sqlite":  # one writer at a time: one statement is atomic
+                added = conn.execute(
+                    insert(PJP.__table__).from_select(
+                        list(row), select(*(literal(v) for v in row.values())).where(~taken)
+                    )
+                )
+                return added.rowcount == 1
+            # InnoDB: lock the job's row so that racing writers take turns (concurrent
+            # INSERT ... SELECTs deadlock on the auto-increment lock there).
+            job = conn.execute(
+                select(PJ.processingJobId).where(PJ.processingJobId == job_id).with_for_update()
+            ).first()
+            if job is None:
+                raise LimsError(f"no processing job {job_id}")
+            if conn.execute(select(taken)).scalar():
+                return False
+            conn.execute(insert(PJP.__table__).values(**row))
+            return True
+
+    @_db_call
+    def job_parameter(self, job_id: int, key: str) -> Any:
+        """One parameter of a job (decoded), or None if it has none of that name: a light read
+        for a running job to look at often."""
+        PJP = isp.ProcessingJobParameter
+        with self._read() as conn:
+            text = conn.execute(
+                select(PJP.parameterValue)
+                .where(PJP.processingJobId == job_id, PJP.parameterKey == key)
+                .order_by(PJP.processingJobParameterId)
+                .limit(1)
+            ).scalar()
+        return None if text is None else decode_parameter(text)
 
     @_db_call
     def create_program(self, job_id: int, step_id: str, uses: str) -> int:

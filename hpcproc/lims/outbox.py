@@ -696,6 +696,9 @@ class DurableLims:
     def jobs(self, limit: int = 50) -> list[JobSummary]:
         return self._connect().jobs(limit)
 
+    def job_parameter(self, job_id: int, key: str) -> Any:
+        return self._connect().job_parameter(self._db_id(job_id, "job"), key)
+
     def __getattr__(self, name: str) -> Any:
         """Other read calls of the adapter go straight to the database."""
         if name.startswith("_"):
