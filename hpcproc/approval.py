@@ -20,7 +20,8 @@ from typing import Any
 
 from hpcproc.dispatch.plan import JobPlan
 from hpcproc.errors import ConflictError, InputError
-from hpcproc.jobs import APPROVAL, AWAITING, RecordedJob, prepare
+from hpcproc.job_keys import APPROVAL, AWAITING
+from hpcproc.jobs import RecordedJob, prepare
 from hpcproc.lims import Lims
 from hpcproc.lims.records import JobRecord
 from hpcproc.recipes import Recipe, find_recipe

@@ -383,6 +383,62 @@ def reject(ctx: click.Context, job: int, reason: str, by: str | None) -> None:
     out.print(f"job {job} rejected", highlight=False)
 
 
+@main.command()
+@click.argument("job", type=int)
+@click.option("--reason", default="", help="Why (recorded with the job).")
+@click.option("--by", default=None, help="Who cancels (default: the login name).")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the job's process to stop it.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="If no process stops it in time (its process is gone), mark its open steps here.",
+)
+@click.pass_context
+def cancel(
+    ctx: click.Context, job: int, reason: str, by: str | None, wait_s: float, force: bool
+) -> None:
+    """Cancel JOB while it runs, wherever it runs: nothing more is submitted, running steps
+    fail with the reason (keeping what they made), steps not started are skipped."""
+    import getpass
+    import time
+
+    from hpcproc.cancel import cancel_of, close_open_steps, ended, request_cancel
+    from hpcproc.errors import ConflictError
+
+    lims = _lims(ctx)
+    try:
+        try:
+            text = request_cancel(lims, job, by or getpass.getuser(), reason)
+        except ConflictError:
+            text = cancel_of(lims.job(job))  # cancelled already: --force may still close it
+            if not (force and text):
+                raise
+        out.print(f"job {job}: {text}", highlight=False, soft_wrap=True)
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while not ended(record := lims.job(job)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if ended(record):
+            out.print(f"job {job} stopped: {record.status.value}", highlight=False)
+            return
+        if force:
+            n = close_open_steps(lims, job, text)
+            out.print(f"job {job}: no process stopped it; {n} open steps marked", highlight=False)
+            return
+        raise HpcprocError(
+            f"job {job}: the cancel is recorded, but no process has stopped it after "
+            f"{wait_s:g} s (is the process running it gone? then use --force)"
+        )
+    finally:
+        lims.close()
+
+
 # ---------------------------------------------------------------- demo
 @main.command()
 @click.option(

@@ -15,11 +15,14 @@ from typing import Any
 from distributed import Client
 
 from hpcproc import __version__
+from hpcproc.cancel import watch_cancel
 from hpcproc.dispatch.plan import JobPlan, make_plan
 from hpcproc.dispatch.pools import ClientPool
 from hpcproc.dispatch.runner import Dispatcher
 from hpcproc.dispatch.sizing import sized_steps
+from hpcproc.dispatch.stop import Stop, stop_file
 from hpcproc.errors import HpcprocError, ScanError
+from hpcproc.job_keys import APPROVAL, AWAITING, REPROCESS_OF
 from hpcproc.lims import Lims
 from hpcproc.nexus.processed import ProcessedFile
 from hpcproc.nexus.scan import read_scan_info
@@ -31,12 +34,6 @@ from hpcproc.steps.base import StepResult
 
 ProgressFn = Callable[[str, int, int], None]  # (step id, points done, points in all)
 StatusFn = Callable[[str, Status, str], None]  # (step id, new status, message)
-
-# ProcessingJob has no parent column in ISPyB: a reprocessed job records the id of the job it
-# reprocesses as a ProcessingJobParameter with this reserved key (no recipe parameter has a dot).
-REPROCESS_OF = "hpcproc.reprocess_of"
-APPROVAL = "hpcproc.approval"  # see hpcproc.approval
-AWAITING = "awaiting"
 
 
 @dataclass(frozen=True)
@@ -267,17 +264,22 @@ def execute_plan(
     recorder = _LimsRecorder(lims, programs, progress, on_status, out_path, pool, env)
     statuses: dict[str, Status] = {}
     provenance = _provenance(plan, job.job_id, job.dc_id, programs, job.parent_job)
+    stop = Stop(stop_file(out_path))  # a cancel recorded in the LIMS, from any process
     try:
         default, profiles = sized_steps(plan, cluster)
         pool = recorder.pool = ClientPool(client, profiles, default)
-        with ProcessedFile(out_path, scan, title=f"{recipe.name} on {scan.scan_id}") as out:
-            statuses = Dispatcher(client, recorder, pool).run(plan, out, provenance)
+        with (
+            watch_cancel(lims, job.job_id, stop),
+            ProcessedFile(out_path, scan, title=f"{recipe.name} on {scan.scan_id}") as out,
+        ):
+            statuses = Dispatcher(client, recorder, pool, stop).run(plan, out, provenance)
     except BaseException as exc:  # interrupted or the cluster died: never leave a step running
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"job aborted: {exc}"
         for pid in programs.values():
             lims.set_status(pid, Status.FAILED, why)
         raise
     finally:
+        stop.close()
         pool.close()  # the job's extra worker pools (and their batch jobs) go with it
     return JobOutcome(job.job_id, recipe.name, scan.path, out_path, statuses)
 

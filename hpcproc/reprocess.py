@@ -35,7 +35,8 @@ from distributed import Client
 
 from hpcproc.dispatch.plan import JobPlan, make_plan
 from hpcproc.errors import InputError
-from hpcproc.jobs import REPROCESS_OF, JobOutcome, ProgressFn, prepare, run_plan
+from hpcproc.job_keys import REPROCESS_OF
+from hpcproc.jobs import JobOutcome, ProgressFn, prepare, run_plan
 from hpcproc.lims import Lims
 from hpcproc.lims.records import JobRecord
 from hpcproc.recipes import Parameter, Recipe, find_recipe

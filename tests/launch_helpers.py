@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from typing import Any
 import pika
 import pytest
 from pika.exceptions import AMQPError
+
+from hpcproc.jobs import JobOutcome
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 RECIPES = Path(__file__).parent / "data" / "recipes"
@@ -148,3 +151,27 @@ def gda(scan: str, status: str, path: Path | None = None, **more: Any) -> dict[s
     if path is not None:
         message["filePath"] = str(path)
     return message
+
+
+class Background:
+    """A job run in a thread of this process, as the launcher runs them."""
+
+    def __init__(self, target: Callable[[], JobOutcome]) -> None:
+        self.outcome: JobOutcome | None = None
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.outcome = target()
+            except BaseException as exc:  # reported by the test
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def result(self, timeout: float) -> JobOutcome:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"the job did not stop within {timeout:g} s"
+        assert self.error is None, self.error
+        assert self.outcome is not None
+        return self.outcome

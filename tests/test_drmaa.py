@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from hpcproc.cancel import request_cancel
 from hpcproc.errors import RecipeError
 from hpcproc.jobs import run_job
 from hpcproc.nexus.simulator import SimulationConfig, simulate_scan
 from hpcproc.recipes import load_recipe_text
 from hpcproc.status import Status
+from tests.launch_helpers import Background, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,6 +131,28 @@ def test_hpcproc_timeout_terminates_the_batch_job(scan, lims, client):
     acct = _sge("qacct", "-j", job).stdout
     assert re.search(r"^failed\s+100\b", acct, re.M), acct  # ended by qdel/TERMINATE
     assert float(re.search(r"^ru_wallclock\s+([\d.]+)", acct, re.M).group(1)) < 10
+
+
+def test_cancelling_the_hpcproc_job_terminates_the_batch_job(scan, lims, client):
+    with_ = {"program": "sleep", "args": ["300"], "submit": "drmaa", "timeout": 600}
+    recipe = load_recipe_text(_recipe(with_))
+    job = Background(lambda: run_job(recipe, scan.path, {}, lims=lims, client=client))
+    job_id = wait_for("the job", lambda: [j.id for j in lims.jobs(1)], 60)[0]
+
+    def batch_job() -> str | None:
+        lines = _sge("qstat", "-u", "*").stdout.splitlines()[2:]  # after the header lines
+        mine = [ln.split()[0] for ln in lines if "hpcproc-" in ln and " r " in f" {ln} "]
+        return mine[0] if mine else None
+
+    running = wait_for("the batch job to run", batch_job, 120)
+    text = request_cancel(lims, job_id, "tester", "wrong queue")
+    outcome = job.result(90)
+    assert outcome.status == Status.FAILED
+    (step,) = lims.job(job_id).steps
+    assert step.message == f"{text}; batch job {running} terminated"
+    assert running not in _sge("qstat", "-u", "*").stdout.split()  # no longer queued nor running
+    acct = wait_for("its accounting", lambda: _sge("qacct", "-j", running).stdout, 30)
+    assert re.search(r"^failed\s+100\b", acct, re.M), acct  # ended by TERMINATE
 
 
 def test_unknown_queue_is_a_clear_failure(scan, lims, client):

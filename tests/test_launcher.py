@@ -33,6 +33,7 @@ from launch_helpers import (
     wait_for,
 )
 
+from hpcproc.cancel import request_cancel
 from hpcproc.launch.amqp import AmqpSource
 from hpcproc.launch.launcher import Launcher
 from hpcproc.launch.service import serve
@@ -451,19 +452,24 @@ def test_restarted_launcher_runs_again_what_was_left_unfinished(
         old = {r.job_id for r in first.state.jobs()}
         first.state.update_job(scan, "xrf-map", "running")
         first.state.close()
+        # Someone cancels one of the jobs while no launcher runs: it is not run again.
+        cancelled, left = sorted(old)
+        text = request_cancel(lims, cancelled, "tester", "not this one")
 
         second = Launcher(lims=lims, client=client, state=LauncherState(tmp_path / "s.sqlite"),
                           recipes=recipes)  # fmt: skip
         new = second.resume()
-        assert len(new) == 2 and not set(new) & old
+        assert len(new) == 1 and not set(new) & old
         assert second.wait(120)
         second.handle_message(body, {})  # the redelivered message starts nothing
         assert second.running() == 0
-        assert second.state.counts() == {"done": 2}
-        for job_id in old:
-            record = lims.job(job_id)
-            assert all(st.status is Status.FAILED for st in record.steps)
-            assert "launcher stopped" in record.steps[0].message
+        assert second.state.counts() == {"done": 1, "failed": 1}
+        record = lims.job(left)
+        assert all(st.status is Status.FAILED for st in record.steps)
+        assert "launcher stopped" in record.steps[0].message
+        record = lims.job(cancelled)
+        assert all(st.status.final for st in record.steps)
+        assert all(st.message == f"{text} (no process answered)" for st in record.steps)
         for job_id in new:
             assert lims.job(job_id).status is Status.SUCCESS
         second.state.close()

@@ -11,7 +11,8 @@ import pytest
 from conftest import one_line_error
 
 from hpcproc.errors import InputError, LimsError
-from hpcproc.jobs import REPROCESS_OF, run_job
+from hpcproc.job_keys import REPROCESS_OF
+from hpcproc.jobs import run_job
 from hpcproc.recipes import find_recipe, load_recipe_text
 from hpcproc.reprocess import (
     MAX_POINTS,

@@ -14,9 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 from web_helpers import web_app
 
-from hpcproc.jobs import REPROCESS_OF, prepare, record_plan
+from hpcproc.approval import recorded_plan
+from hpcproc.job_keys import REPROCESS_OF
+from hpcproc.jobs import prepare, record_plan
 from hpcproc.recipes import find_recipe
 from hpcproc.status import Status
+from hpcproc.web.jobs import runner
 
 
 @dataclass
@@ -339,6 +342,32 @@ def test_staff_approve_or_reject_jobs_awaiting_approval(api):
     r = api.post(f"/api/jobs/{manual}/approve", {}, "staff")
     assert r.status_code == 409 and r.json()["detail"] == f"job {manual} does not need approval"
     assert api.post("/api/jobs/424242/approve", {}, "staff").status_code == 404
+
+
+def test_users_of_the_visit_cancel_jobs(api):
+    """Cancel: any user of the job's visit; recorded once; the job's runner then skips what
+    has not started. Ended jobs, held jobs and other visits' jobs are refused."""
+    job_id, _pid = _recorded_job(api)
+    assert api.post(f"/api/jobs/{job_id}/cancel", {}, "bob").status_code == 404
+    r = api.post(f"/api/jobs/{job_id}/cancel", {"reason": "wrong\nsample"})
+    assert r.status_code == 202, r.text
+    text = r.json()["cancelled"]
+    assert text.startswith("cancelled by alice at ") and text.endswith(": wrong sample")
+    assert api.get(f"/api/jobs/{job_id}").json()["cancelled"] == text
+    r = api.post(f"/api/jobs/{job_id}/cancel", {}, "staff")
+    assert r.status_code == 409 and r.json()["detail"] == f"job {job_id} is {text}"
+    # The web service's own runner starts it: it sees the cancel and runs nothing.
+    plan, job = recorded_plan(api.services.lims.job(job_id))
+    runner(api.services).start(plan, job)
+    done = api.wait_job(job_id)
+    assert done["status"] == "skipped"
+    assert [s["message"] for s in done["steps"]] == [f"skipped: {text}"]
+    r = api.post(f"/api/jobs/{job_id}/cancel", {})
+    assert r.status_code == 409
+    held = _awaiting_job(api)
+    r = api.post(f"/api/jobs/{held}/cancel", {}, "staff")
+    assert r.status_code == 409 and "reject it instead" in r.json()["detail"]
+    assert api.post("/api/jobs/424242/cancel", {}).status_code == 404
 
 
 def test_approval_waits_while_the_job_cannot_run(api):

@@ -7,8 +7,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -21,6 +24,7 @@ from hpcproc.jobs import prepare, record_plan
 from hpcproc.recipes import find_recipe
 from hpcproc.web import plots
 from hpcproc.web.app import COOKIE
+from hpcproc.web.jobs import runner
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -102,98 +106,113 @@ def pages(tmp_path, monkeypatch, sim_scan):
 # ---------------------------------------------------------------- the browser
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
-def test_submit_in_browser_then_watch_the_job(site):
-    from playwright.sync_api import expect, sync_playwright
+@contextmanager
+def _chromium() -> Iterator[Callable[..., Any]]:
+    """Debian's Chromium driven by Playwright; yields ``new_page(**context options)``, a page
+    in a fresh browser context (its own cookies). Script errors on any page fail the test."""
+    from playwright.sync_api import sync_playwright
 
-    ARTIFACTS.mkdir(exist_ok=True)
+    errors: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+        def new_page(**options: Any) -> Any:
+            context = browser.new_context(**options)
+            # every page of the context, this one and those opened from it
+            context.on("page", lambda page: page.on("pageerror", lambda e: errors.append(str(e))))
+            return context.new_page()
+
         try:
-            page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-
-            # Log in with the token: the cookie is set, and / leads to the user's only visit.
-            page.goto(f"{site.url}/")
-            expect(page).to_have_url(f"{site.url}/login?next=%2F")
-            page.fill("#token", "not-a-token")
-            page.click("button[type=submit]")
-            expect(page.locator(".error")).to_contain_text("not valid")
-            page.fill("#token", site.tokens["alice"])
-            page.click("button[type=submit]")
-            expect(page).to_have_url(f"{site.url}/visits/cm12345-1")
-            (cookie,) = [c for c in page.context.cookies() if c["name"] == COOKIE]
-            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-            visit_tab = page  # stays open: the job must show up there without a reload
-            page = page.context.new_page()
-            page.on("pageerror", lambda e: errors.append(str(e)))
-
-            # The form from the recipe's JSON Schema, defaults filled in.
-            page.goto(f"{site.url}/recipes/xrf-map/submit?scan={site.scan}")
-            width = page.locator("input[name=window_width]")
-            assert width.get_attribute("type") == "number"
-            assert (width.get_attribute("min"), width.get_attribute("max")) == ("1", "1000")
-            assert width.input_value() == "40"
-            elements = page.locator("input[name=elements]")
-            assert elements.input_value().startswith("Fe-Ka, Co-Ka")
-
-            # Out of range: the browser refuses it (min/max); past that check (noValidate),
-            # the API's 422 reason is shown next to the form, and the page stays.
-            width.fill("0")
-            page.click("#submit")
-            assert page.evaluate(
-                "document.querySelector('input[name=window_width]').validity.rangeUnderflow"
-            )
-            page.evaluate("document.getElementById('submit-form').noValidate = true")
-            page.click("#submit")
-            expect(page.locator("#form-error")).to_contain_text("below its minimum 1")
-            assert "/submit" in page.url
-
-            elements.fill("Fe-Ka, Cu-Ka, Zn-Ka")
-            width.fill("30")
-            page.click("#submit")
-            page.wait_for_url(f"{site.url}/jobs/*", timeout=20_000)
-            job_id = int(page.url.rsplit("/", 1)[1])
-
-            # Live status until success; then the plot appears.
-            expect(page.locator("#job-status")).to_have_attribute(
-                "data-status", "success", timeout=60_000
-            )
-            img = page.locator('#plots figure[data-step="windows"] img')
-            expect(img).to_be_visible(timeout=20_000)
-            page.wait_for_function(
-                "() => { const i = document.querySelector('#plots img');"
-                " return i && i.complete && i.naturalWidth > 0; }",
-                timeout=20_000,
-            )
-            expect(page.locator("#attachments a")).not_to_have_count(0)
-            expect(page.locator("#steps [data-status]").first).to_have_text("success")
-            expect(page.locator('#steps tr[data-step="windows"] .start')).not_to_be_empty()
-            assert page.locator("#dashboard").get_attribute("href").startswith("http")
-            params = page.locator("table.params").inner_text()
-            assert "Zn-Ka" in params and "30" in params
-            page.screenshot(path=str(ARTIFACTS / "job-page.png"), full_page=True)
-
-            # The visit page opened before the job was submitted lists it by now (polling),
-            # with its final status.
-            row = visit_tab.locator(f'#jobs tr[data-job="{job_id}"]')
-            expect(row.locator("[data-status]")).to_have_text("success", timeout=30_000)
-            expect(row).to_contain_text("xrf-map")
-            assert "/jobs/" not in visit_tab.url
-
-            # The reprocess form starts from the job's parameters.
-            page.goto(f"{site.url}/jobs/{job_id}/reprocess")
-            assert page.locator("input[name=window_width]").input_value() == "30"
-            page.fill("input[name=window_width]", "20")
-            page.click("#submit")
-            page.wait_for_url(lambda url: "/jobs/" in url and "reprocess" not in url)
-            assert int(page.url.rsplit("/", 1)[1]) != job_id
-            expect(page.locator("dl.card")).to_contain_text(f"job {job_id}")  # reprocess of
-            expect(page.locator("table.params")).to_contain_text("20")
-            assert errors == [], errors
+            yield new_page
         finally:
             browser.close()
+    assert errors == [], errors
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_submit_in_browser_then_watch_the_job(site):
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with _chromium() as new_page:
+        page = new_page(viewport={"width": 1280, "height": 1000})
+
+        # Log in with the token: the cookie is set, and / leads to the user's only visit.
+        page.goto(f"{site.url}/")
+        expect(page).to_have_url(f"{site.url}/login?next=%2F")
+        page.fill("#token", "not-a-token")
+        page.click("button[type=submit]")
+        expect(page.locator(".error")).to_contain_text("not valid")
+        page.fill("#token", site.tokens["alice"])
+        page.click("button[type=submit]")
+        expect(page).to_have_url(f"{site.url}/visits/cm12345-1")
+        (cookie,) = [c for c in page.context.cookies() if c["name"] == COOKIE]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        visit_tab = page  # stays open: the job must show up there without a reload
+        page = page.context.new_page()
+
+        # The form from the recipe's JSON Schema, defaults filled in.
+        page.goto(f"{site.url}/recipes/xrf-map/submit?scan={site.scan}")
+        width = page.locator("input[name=window_width]")
+        assert width.get_attribute("type") == "number"
+        assert (width.get_attribute("min"), width.get_attribute("max")) == ("1", "1000")
+        assert width.input_value() == "40"
+        elements = page.locator("input[name=elements]")
+        assert elements.input_value().startswith("Fe-Ka, Co-Ka")
+
+        # Out of range: the browser refuses it (min/max); past that check (noValidate),
+        # the API's 422 reason is shown next to the form, and the page stays.
+        width.fill("0")
+        page.click("#submit")
+        assert page.evaluate(
+            "document.querySelector('input[name=window_width]').validity.rangeUnderflow"
+        )
+        page.evaluate("document.getElementById('submit-form').noValidate = true")
+        page.click("#submit")
+        expect(page.locator("#form-error")).to_contain_text("below its minimum 1")
+        assert "/submit" in page.url
+
+        elements.fill("Fe-Ka, Cu-Ka, Zn-Ka")
+        width.fill("30")
+        page.click("#submit")
+        page.wait_for_url(f"{site.url}/jobs/*", timeout=20_000)
+        job_id = int(page.url.rsplit("/", 1)[1])
+
+        # Live status until success; then the plot appears.
+        expect(page.locator("#job-status")).to_have_attribute(
+            "data-status", "success", timeout=60_000
+        )
+        img = page.locator('#plots figure[data-step="windows"] img')
+        expect(img).to_be_visible(timeout=20_000)
+        page.wait_for_function(
+            "() => { const i = document.querySelector('#plots img');"
+            " return i && i.complete && i.naturalWidth > 0; }",
+            timeout=20_000,
+        )
+        expect(page.locator("#attachments a")).not_to_have_count(0)
+        expect(page.locator("#steps [data-status]").first).to_have_text("success")
+        expect(page.locator('#steps tr[data-step="windows"] .start')).not_to_be_empty()
+        assert page.locator("#dashboard").get_attribute("href").startswith("http")
+        params = page.locator("table.params").inner_text()
+        assert "Zn-Ka" in params and "30" in params
+        page.screenshot(path=str(ARTIFACTS / "job-page.png"), full_page=True)
+
+        # The visit page opened before the job was submitted lists it by now (polling),
+        # with its final status.
+        row = visit_tab.locator(f'#jobs tr[data-job="{job_id}"]')
+        expect(row.locator("[data-status]")).to_have_text("success", timeout=30_000)
+        expect(row).to_contain_text("xrf-map")
+        assert "/jobs/" not in visit_tab.url
+
+        # The reprocess form starts from the job's parameters.
+        page.goto(f"{site.url}/jobs/{job_id}/reprocess")
+        assert page.locator("input[name=window_width]").input_value() == "30"
+        page.fill("input[name=window_width]", "20")
+        page.click("#submit")
+        page.wait_for_url(lambda url: "/jobs/" in url and "reprocess" not in url)
+        assert int(page.url.rsplit("/", 1)[1]) != job_id
+        expect(page.locator("dl.card")).to_contain_text(f"job {job_id}")  # reprocess of
+        expect(page.locator("table.params")).to_contain_text("20")
 
 
 def _log_in(page, url: str, token: str, then: str) -> None:
@@ -207,42 +226,64 @@ def _log_in(page, url: str, token: str, then: str) -> None:
 def test_staff_approve_a_held_job_on_its_page(site):
     """A job the launcher held for approval: its user sees the badge and no button; staff
     press Approve and watch it run to success on the same page."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     plan = prepare(find_recipe("xrf-map"), site.scan, {})
     job_id = record_plan(
         plan, lims=site.services.lims, automatic=True, awaiting_approval=True
     ).job_id
     staff = site.services.users.add("admin", [], staff=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            errors: list[str] = []
-            user = browser.new_context().new_page()
-            user.on("pageerror", lambda e: errors.append(str(e)))
-            _log_in(user, site.url, site.tokens["alice"], f"/jobs/{job_id}")
-            expect(user.locator("#approval-badge")).to_have_text("awaiting approval")
-            expect(user.locator("#approval")).to_contain_text("needs approval")
-            assert user.locator("#approve").count() == 0
+    with _chromium() as new_page:
+        user = new_page()
+        _log_in(user, site.url, site.tokens["alice"], f"/jobs/{job_id}")
+        expect(user.locator("#approval-badge")).to_have_text("awaiting approval")
+        expect(user.locator("#approval")).to_contain_text("needs approval")
+        assert user.locator("#approve").count() == 0
 
-            page = browser.new_context().new_page()
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            _log_in(page, site.url, staff, f"/jobs/{job_id}")
-            expect(page.locator("#job-status")).to_have_attribute("data-status", "queued")
-            page.click("#approve")
-            expect(page.locator("#approval-badge")).to_have_count(0)
-            expect(page.locator("#job-status")).to_have_attribute(
-                "data-status", "success", timeout=60_000
-            )
-            page.reload()
-            expect(page.locator("#approval-record")).to_contain_text("approved by admin at ")
-            # The user's page, left open, follows the job to its end too.
-            expect(user.locator("#job-status")).to_have_attribute(
-                "data-status", "success", timeout=30_000
-            )
-            assert errors == [], errors
-        finally:
-            browser.close()
+        page = new_page()
+        _log_in(page, site.url, staff, f"/jobs/{job_id}")
+        expect(page.locator("#job-status")).to_have_attribute("data-status", "queued")
+        page.click("#approve")
+        expect(page.locator("#approval-badge")).to_have_count(0)
+        expect(page.locator("#job-status")).to_have_attribute(
+            "data-status", "success", timeout=60_000
+        )
+        page.reload()
+        expect(page.locator("#approval-record")).to_contain_text("approved by admin at ")
+        # The user's page, left open, follows the job to its end too.
+        expect(user.locator("#job-status")).to_have_attribute(
+            "data-status", "success", timeout=30_000
+        )
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_cancel_a_job_on_its_page(site):
+    """The visit's user cancels a job not yet run, with a reason (confirming the dialog); the
+    page shows the cancel, and when the service's runner comes to it nothing runs."""
+    from playwright.sync_api import expect
+
+    plan = prepare(find_recipe("xrf-map"), site.scan, {})
+    job = record_plan(plan, lims=site.services.lims)
+    with _chromium() as new_page:
+        page = new_page()
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
+        _log_in(page, site.url, site.tokens["alice"], f"/jobs/{job.job_id}")
+        page.fill("#cancel-reason", "beam lost")
+        page.click("#cancel")
+        expect(page.locator("#cancel-record")).to_contain_text("cancelled by alice at ")
+        expect(page.locator("#cancel-record")).to_contain_text(": beam lost")
+        assert dialogs and f"Cancel job {job.job_id}?" in dialogs[0]
+        runner(site.services).start(plan, job)
+        expect(page.locator("#job-status")).to_have_attribute(
+            "data-status", "skipped", timeout=60_000
+        )
+        expect(page.locator('#steps tr[data-step="windows"] .message')).to_contain_text(
+            "skipped: cancelled by alice"
+        )
+        page.reload()  # an ended job has no Cancel button; the record stays
+        expect(page.locator("#cancel")).to_have_count(0)
+        expect(page.locator("#cancel-record")).to_contain_text(": beam lost")
 
 
 # ---------------------------------------------------------------- without a browser

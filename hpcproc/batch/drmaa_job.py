@@ -24,10 +24,11 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hpcproc.processes import Interrupted, wait
 from hpcproc.units import seconds
 
 DEFAULT_LIBRARY = "/usr/lib/gridengine-drmaa/lib/libdrmaa.so.1.0"
@@ -44,8 +45,9 @@ class BatchFinished:
 
     ``state``: ``done`` (exit code 0), ``failed`` (another exit code, or no exit code at all),
     ``aborted`` (qdel, or terminated by someone else), ``killed`` (by a signal: the scheduler's
-    limits), ``timeout`` (run_batch's own timeout; the job was terminated) or ``error`` (it could
-    not be submitted or followed; ``reason`` says why)."""
+    limits), ``timeout`` (run_batch's own timeout; the job was terminated), ``stopped`` (a stop
+    request, whose text is ``reason``: the job was terminated) or ``error`` (it could not be
+    submitted or followed; ``reason`` says why)."""
 
     state: str
     job_id: str | None = None
@@ -102,13 +104,16 @@ def run_batch(
     cores: int = 1,
     native: str = "",
     job_name: str = "hpcproc",
+    stop_file: Path | None = None,
 ) -> BatchFinished:
     """Run ``argv`` (no shell) as a batch job in ``cwd`` with exactly the environment ``env``,
     its output in ``stdout``/``stderr`` (paths the execution host sees), and wait for it.
 
     At ``timeout`` s (counted from submission, queueing included) the job is terminated and the
-    state is ``timeout``; if this call is interrupted (KeyboardInterrupt, worker shutdown) the
-    job is terminated too. Never raises for batch-system trouble: that is state ``error``."""
+    state is ``timeout``; once ``stop_file`` appears (the hpcproc job was cancelled) it is
+    terminated and the state is ``stopped``; if this call is interrupted (KeyboardInterrupt,
+    worker shutdown) the job is terminated too. Never raises for batch-system trouble: that is
+    state ``error``."""
     request = {
         "argv": [str(a) for a in argv],
         "cwd": str(cwd),
@@ -140,22 +145,20 @@ def run_batch(
     ]
     for reader in readers:
         reader.start()
-    timed_out = False
+    interrupted = None
     try:
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.write(json.dumps(request))  # type: ignore[union-attr]
             proc.stdin.close()  # type: ignore[union-attr]
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        interrupted = wait(proc, timeout, stop_file)
+        if interrupted is not None:
             _stop(proc)
     finally:
         if proc.poll() is None:  # interrupted: the batch job must not outlive the hpcproc job
             _stop(proc)
     for reader in readers:
         reader.join(timeout=5)
-    return _report(lines, errors, proc.returncode, timed_out, time.monotonic() - started)
+    return _report(lines, errors, proc.returncode, interrupted, time.monotonic() - started)
 
 
 def _collect(stream: Any, into: list[str]) -> None:
@@ -175,8 +178,16 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _report(
-    lines: list[str], errors: list[str], returncode: int | None, timed_out: bool, seconds: float
+    lines: list[str],
+    errors: list[str],
+    returncode: int | None,
+    interrupted: Interrupted | None,
+    seconds: float,
 ) -> BatchFinished:
+    if interrupted is not None and not interrupted.timed_out:
+        found = _report(lines, errors, returncode, None, seconds)
+        return replace(found, state="stopped", reason=interrupted.stop_reason)
+    timed_out = interrupted is not None
     job_id: str | None = None
     final: dict[str, Any] | None = None
     for line in lines:

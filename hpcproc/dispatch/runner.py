@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from distributed import Client, as_completed
+from distributed import Client, Future, as_completed
 
 from hpcproc.dispatch.observe import RunObserver, open_step, reason
 from hpcproc.dispatch.plan import JobPlan, PlannedStep
 from hpcproc.dispatch.pools import ClientPool
+from hpcproc.dispatch.stop import Stop
 from hpcproc.dispatch.task_runner import TaskRunner
 from hpcproc.dispatch.worker import StepTask, process_batch, step_outputs
 from hpcproc.nexus.follow import ScanFollower
@@ -75,13 +76,22 @@ class _Run:
 
 
 class Dispatcher:
+    """Runs a job plan; once ``stop`` is requested (a cancel) it submits nothing more, cancels
+    what waits on the cluster, fails the running steps with the request's reason (what they
+    produced is kept) and skips the steps not started."""
+
     def __init__(
-        self, client: Client, observer: RunObserver, pool: ClientPool | None = None
+        self,
+        client: Client,
+        observer: RunObserver,
+        pool: ClientPool | None = None,
+        stop: Stop | None = None,
     ) -> None:
         self.client = client
         self.observer = observer
         self.pool = pool or ClientPool(client)
-        self.tasks = TaskRunner(self.pool, observer)
+        self.stop = stop or Stop()
+        self.tasks = TaskRunner(self.pool, observer, self.stop)
 
     def run(
         self, plan: JobPlan, out: ProcessedFile, provenance: Mapping[str, Mapping[str, Any]]
@@ -89,6 +99,10 @@ class Dispatcher:
         status = {s.id: Status.QUEUED for s in plan.steps}
         remaining = list(plan.steps)
         while remaining:
+            if self.stop.reason is not None:
+                for s in remaining:
+                    status[s.id] = self._skip(out, s, provenance, self.stop.reason)
+                break
             live_left = any(s.spec.phase == "live" for s in remaining)
             wave = [
                 s
@@ -102,11 +116,8 @@ class Dispatcher:
             for s in wave:
                 failed = [n for n in s.spec.needs if status[n] != Status.SUCCESS]
                 if failed:
-                    status[s.id] = Status.SKIPPED
                     why = ", ".join(f"'{n}' {status[n]}" for n in failed)
-                    self.observer.step_status(s.id, Status.SKIPPED, f"skipped: needs {why}")
-                    open_step(out, s, provenance, [])
-                    out.finish_step(s.id, "skipped", f"needs {why}")
+                    status[s.id] = self._skip(out, s, provenance, f"needs {why}")
                 else:
                     runnable.append(s)
             tasks = [s for s in runnable if issubclass(s.cls, TaskStep)]
@@ -116,6 +127,18 @@ class Dispatcher:
             if tasks:
                 status.update(self.tasks.run_wave(plan, tasks, out, provenance))
         return status
+
+    def _skip(
+        self,
+        out: ProcessedFile,
+        s: PlannedStep,
+        provenance: Mapping[str, Mapping[str, Any]],
+        why: str,
+    ) -> Status:
+        self.observer.step_status(s.id, Status.SKIPPED, f"skipped: {why}")
+        open_step(out, s, provenance, [])
+        out.finish_step(s.id, "skipped", why)
+        return Status.SKIPPED
 
     def _fail(self, out: ProcessedFile, sid: str, message: str) -> Status:
         out.finish_step(sid, "failed", message)
@@ -198,10 +221,14 @@ class Dispatcher:
         self, runs: dict[str, _Run], follower: ScanFollower | None, out: ProcessedFile
     ) -> None:
         results = as_completed(with_results=True, raise_errors=False)
-        owner: dict[str, tuple[_Run, float]] = {}  # future key -> (run, when its points came)
+        # future key -> (run, when its points came, the future)
+        owner: dict[str, tuple[_Run, float, Future]] = {}
         complete = max(r.total for r in runs.values())
         finished = True
         while any(r.status is None for r in runs.values()):
+            if self.stop.reason is not None:
+                self._stop_runs(runs, owner, out, self.stop.reason)
+                return
             if follower is not None:
                 complete, finished = follower.poll()
             now = time.monotonic()
@@ -219,14 +246,14 @@ class Dispatcher:
                         retries=run.step.spec.resources.retries,
                         pure=False,
                     )
-                    owner[fut.key] = (run, follower.last_change if follower else now)
+                    owner[fut.key] = (run, follower.last_change if follower else now, fut)
                     log.debug("%s: submitted points %d..%d", run.step.id, indices[0], indices[-1])
                     results.add(fut)
                     run.pending += 1
                     busy = True
             for fut, value in results.next_batch(block=False) if results.has_ready() else []:
                 busy = True
-                run, came = owner.pop(fut.key)
+                run, came, _ = owner.pop(fut.key)
                 run.pending -= 1
                 if isinstance(value, BaseException) or fut.status == "error":
                     # One bad batch (a corrupt frame) fails the step, but the others still
@@ -248,6 +275,22 @@ class Dispatcher:
                         run.status = self._fail(out, run.step.id, self._stall_reason(run))
             if not busy:
                 time.sleep(POLL)
+
+    def _stop_runs(
+        self,
+        runs: dict[str, _Run],
+        owner: dict[str, tuple[_Run, float, Future]],
+        out: ProcessedFile,
+        why: str,
+    ) -> None:
+        """Cancel the batches not back yet; the steps still running fail with ``why``, keeping
+        the points written so far."""
+        self.client.cancel([fut for *_, fut in owner.values()])
+        owner.clear()
+        for run in runs.values():
+            if run.status is None:
+                message = f"{run.done} of {run.total} points processed; {why}"
+                run.status = self._fail(out, run.step.id, message)
 
     @staticmethod
     def _due(run: _Run, complete: int, finished: bool, now: float) -> list[list[int]]:

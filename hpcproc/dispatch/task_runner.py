@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from distributed import Client, as_completed
+from distributed import Client, Future, as_completed
 
 from hpcproc.dispatch.observe import RunObserver, open_step, reason
 from hpcproc.dispatch.plan import JobPlan, PlannedStep
 from hpcproc.dispatch.pools import ClientPool
+from hpcproc.dispatch.stop import Stop
 from hpcproc.dispatch.worker import StepTask, task_finish, task_part, task_plan
 from hpcproc.nexus.processed import ProcessedFile
 from hpcproc.progress import Progress
@@ -30,6 +31,9 @@ from hpcproc.status import Status
 from hpcproc.steps.base import StepContext, StepResult, TaskPlan
 
 log = logging.getLogger(__name__)
+
+POLL = 0.02  # s between looks at the futures while none is ready (and at a stop request)
+STOP_GRACE = 15.0  # s a running finish is given to end once the job is stopped
 
 
 @dataclass
@@ -51,9 +55,10 @@ def workdir(processed: Path, step_id: str) -> Path:
 
 
 class TaskRunner:
-    def __init__(self, pool: ClientPool, observer: RunObserver) -> None:
+    def __init__(self, pool: ClientPool, observer: RunObserver, stop: Stop | None = None) -> None:
         self.pool = pool
         self.observer = observer
+        self.stop = stop or Stop()
 
     def run_wave(
         self,
@@ -73,6 +78,7 @@ class TaskRunner:
                 workdir=workdir(out.path, s.id),
                 needs={n: f"/entry/{n}" for n in s.spec.needs},
                 env=s.spec.resources.env,
+                stop_file=self.stop.path,
             )
             params = s.params.model_dump_json()
             tasks[s.id] = _Task(s, StepTask(s.spec.uses, params, plan.scan), ctx)
@@ -93,42 +99,86 @@ class TaskRunner:
         return client.submit(fn, t.task, t.ctx, *args, retries=retries, pure=False)
 
     def _run(self, client: Client, tasks: dict[str, _Task]) -> None:
-        owner: dict[str, tuple[_Task, str, Any]] = {}
+        owner: dict[str, tuple[_Task, str, Any, Future]] = {}
         done = as_completed(with_results=True, raise_errors=False)
         for t in tasks.values():
             fut = self._submit(client, task_plan, t)
-            owner[fut.key] = (t, "plan", None)
+            owner[fut.key] = (t, "plan", None, fut)
             done.add(fut)
-        for fut, value in done:
-            t, stage, part = owner.pop(fut.key)
-            if t.error is not None:
-                continue  # a part failed already: the rest of its step no longer matters
-            if isinstance(value, BaseException) or fut.status == "error":
-                exc = value if isinstance(value, BaseException) else fut.exception()
-                where = f"part {part[0]}:{part[1]}: " if stage == "part" else ""
-                t.error = f"{where}{reason(exc)}"
-                continue
-            if stage == "plan":
-                t.plan = value
-                for p in t.plan.parts:
-                    f = self._submit(client, task_part, t, p)
-                    owner[f.key] = (t, "part", p)
-                    done.add(f)
-            elif stage == "part":
-                t.blocks.append((part[0], value))
-                t.parts_done += 1
-                elapsed = max(1e-9, time.monotonic() - t.started)
+        grace: float | None = None  # once stopping: when running finishes are given up on
+        while owner:
+            if grace is None and self.stop.reason is not None:
+                grace = time.monotonic() + STOP_GRACE
+                self._stopping(client, owner, self.stop.reason)
+            if grace is not None and time.monotonic() > grace:
+                self._stopping(client, owner, self.stop.reason or "stopped", finishes=True)
+                return
+            ready = done.next_batch(block=False) if done.has_ready() else []
+            if not ready:
+                time.sleep(POLL)
+            for fut, value in ready:
+                self._handle(client, owner, done, fut, value)
+
+    def _stopping(
+        self,
+        client: Client,
+        owner: dict[str, tuple[_Task, str, Any, Future]],
+        why: str,
+        finishes: bool = False,
+    ) -> None:
+        """The job is being stopped: cancel what has not reached its finish (and, with
+        ``finishes``, the finishes too) and fail those steps with ``why``. A finish already
+        running is let be a while: the programs it runs see the stop file and end at once, and
+        its logs are then kept."""
+        dropped = {k: v for k, v in owner.items() if finishes or v[1] != "finish"}
+        client.cancel([fut for *_, fut in dropped.values()])
+        for key, (t, *_) in dropped.items():
+            del owner[key]
+            if t.error is None and t.result is None:
                 n = len(t.plan.parts) if t.plan else 0
-                self.observer.step_progress(
-                    t.step.id, Progress(t.parts_done, n, n, t.parts_done / elapsed, 0.0)
-                )
-            else:
-                t.result = value
-                continue
-            if t.plan is not None and t.parts_done == len(t.plan.parts):
-                f = self._submit(client, task_finish, t)
-                owner[f.key] = (t, "finish", None)
+                t.error = f"{t.parts_done} of {n} parts done; {why}" if n else why
+
+    def _handle(
+        self,
+        client: Client,
+        owner: dict[str, tuple[_Task, str, Any, Future]],
+        done: as_completed,
+        fut: Future,
+        value: Any,
+    ) -> None:
+        """One returned future: its step's plan, a part, or its finish."""
+        found = owner.pop(fut.key, None)
+        if found is None:  # cancelled while it ran
+            return
+        t, stage, part, _ = found
+        if t.error is not None:
+            return  # a part failed already: the rest of its step no longer matters
+        if isinstance(value, BaseException) or fut.status == "error":
+            exc = value if isinstance(value, BaseException) else fut.exception()
+            where = f"part {part[0]}:{part[1]}: " if stage == "part" else ""
+            t.error = f"{where}{reason(exc)}"
+            return
+        if stage == "plan":
+            t.plan = value
+            for p in t.plan.parts:
+                f = self._submit(client, task_part, t, p)
+                owner[f.key] = (t, "part", p, f)
                 done.add(f)
+        elif stage == "part":
+            t.blocks.append((part[0], value))
+            t.parts_done += 1
+            elapsed = max(1e-9, time.monotonic() - t.started)
+            n = len(t.plan.parts) if t.plan else 0
+            self.observer.step_progress(
+                t.step.id, Progress(t.parts_done, n, n, t.parts_done / elapsed, 0.0)
+            )
+        else:
+            t.result = value
+            return
+        if t.plan is not None and t.parts_done == len(t.plan.parts) and not self.stop.reason:
+            f = self._submit(client, task_finish, t)
+            owner[f.key] = (t, "finish", None, f)
+            done.add(f)
 
     def _file(self, t: _Task, out: ProcessedFile) -> Status:
         """Write a step's outputs and results, and say how it ended."""

@@ -22,7 +22,8 @@ whose parameters are wrong. Jobs the same message could start are started all th
 
 Restart: jobs a stopped launcher left unfinished (claimed, recorded, running) are run again as
 new jobs by :meth:`Launcher.resume`; steps of the old one still open are marked failed with the
-reason.
+reason. A job cancelled meanwhile (:mod:`hpcproc.cancel`) is not run again: its open steps are
+closed with the cancel's text.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 
 from distributed import Client
 
+from hpcproc.cancel import cancel_of, close_open_steps
 from hpcproc.dispatch.plan import JobPlan, make_plan
 from hpcproc.dispatch.sizing import sized_steps
 from hpcproc.errors import HpcprocError, InputError, RecipeError, ScanError
@@ -310,6 +312,11 @@ class Launcher:
         started = []
         for row in self.state.jobs(*UNFINISHED):
             if row.job_id is not None:
+                cancelled = self._cancelled(row.job_id)
+                if cancelled is not None:  # cancelled while no launcher ran it: not run again
+                    close_open_steps(self.lims, row.job_id, cancelled)
+                    self.state.update_job(row.path, row.recipe, "failed", message=cancelled)
+                    continue
                 self._close_old(row.job_id)
             recipes = {r.name: r for r in self.recipes()}
             recipe = recipes.get(row.recipe)
@@ -324,6 +331,12 @@ class Launcher:
             with self._lock:
                 started.append(self._record_and_submit(row.scan_key, plan))
         return started
+
+    def _cancelled(self, job_id: int) -> str | None:
+        try:
+            return cancel_of(self.lims.job(job_id))
+        except HpcprocError:
+            return None
 
     def _close_old(self, job_id: int) -> None:
         try:

@@ -131,7 +131,9 @@ class StepContext:
     ``processed`` is the job's processed NeXus file, holding what earlier steps wrote (read it,
     never write it); ``needs`` maps the ids of the steps this one needs to their NXprocess
     path in it; ``workdir`` is a directory of the step's own for files it makes (they are
-    attached to the job when listed in :class:`StepResult`)."""
+    attached to the job when listed in :class:`StepResult`). A program the step runs should
+    be stopped once ``stop_file`` exists (the job was cancelled; the file says why):
+    :func:`hpcproc.processes.wait` looks for it."""
 
     step_id: str
     scan: ScanInfo
@@ -139,6 +141,7 @@ class StepContext:
     workdir: Path
     needs: dict[str, str]
     env: str | None = None  # the recipe's resources.env: a named environment in envs/
+    stop_file: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from pydantic import Field, field_validator
 
 from hpcproc.batch.drmaa_job import BatchFinished, run_batch
 from hpcproc.envs import Env, find_env
+from hpcproc.processes import wait
 from hpcproc.steps.base import StepContext, StepParams, StepResult, TaskStep
 from hpcproc.units import seconds
 
@@ -110,10 +111,12 @@ def resolve_env(name: str | None) -> Env | None:
 
 @dataclass(frozen=True)
 class Finished:
-    """How a process ended: its exit code, or None if it was killed at the timeout."""
+    """How a process ended: its exit code, or None if it was killed at the timeout or on a
+    stop request (``stopped``: the request's text)."""
 
     returncode: int | None
     seconds: float
+    stopped: str | None = None
 
 
 def run_process(
@@ -123,10 +126,12 @@ def run_process(
     stderr: Path,
     timeout: float,
     env: Mapping[str, str] | None = None,
+    stop_file: Path | None = None,
 ) -> Finished:
-    """Run ``argv`` (no shell) with its output in files; at the timeout kill it and everything it
-    started (its process group, and children that made sessions of their own, like kernels).
-    Raises OSError if it cannot be started."""
+    """Run ``argv`` (no shell) with its output in files; at the timeout, or once ``stop_file``
+    appears (the job is cancelled), kill it and everything it started (its process group, and
+    children that made sessions of their own, like kernels). Raises OSError if it cannot be
+    started."""
     started = time.monotonic()
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         proc = subprocess.Popen(
@@ -138,15 +143,18 @@ def run_process(
             env=dict(env) if env is not None else None,
             start_new_session=True,
         )
+        code: int | None = None
         try:
-            code: int | None = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_tree(proc)
-            code = None
+            interrupted = wait(proc, timeout, stop_file)
+            if interrupted is None:
+                code = proc.returncode
+            else:
+                _kill_tree(proc)
         finally:
             if proc.poll() is None:  # interrupted (KeyboardInterrupt, worker shutdown)
                 _kill_tree(proc)
-    return Finished(code, time.monotonic() - started)
+    stopped = interrupted.stop_reason if interrupted and not interrupted.timed_out else None
+    return Finished(code, time.monotonic() - started, stopped)
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
@@ -200,15 +208,23 @@ class Command(TaskStep):
         if isinstance(run, StepResult):
             return run
         if p.submit == "drmaa":
-            return _finish_batch(p, run)
+            return _finish_batch(p, run, ctx.stop_file)
         try:
             done = run_process(
-                run.command, run.workdir, run.stdout, run.stderr, p.timeout, run.environ
+                run.command,
+                run.workdir,
+                run.stdout,
+                run.stderr,
+                p.timeout,
+                run.environ,
+                ctx.stop_file,
             )
         except OSError as exc:
             return StepResult(
                 failed=f"cannot run {run.program!r}{run.where}: {exc.strerror or exc}"
             )
+        if done.stopped is not None:
+            return run.result(p, failed=f"{done.stopped}; {run.program!r} killed")
         if done.returncode is None:
             return run.result(p, failed=f"timed out after {p.timeout:g} s")
         values = {"exit_code": done.returncode, "seconds": round(done.seconds, 3)}
@@ -279,7 +295,7 @@ def _prepare(p: CommandParams, ctx: StepContext) -> _Run | StepResult:
     return _Run(program, command, workdir, stdout, stderr, environ, env)
 
 
-def _finish_batch(p: CommandParams, run: _Run) -> StepResult:
+def _finish_batch(p: CommandParams, run: _Run, stop_file: Path | None) -> StepResult:
     """Run the command as a batch job through DRMAA and say how it ended."""
     done = run_batch(
         run.command,
@@ -293,6 +309,7 @@ def _finish_batch(p: CommandParams, run: _Run) -> StepResult:
         cores=p.cores,
         native=p.native,
         job_name=f"hpcproc-{run.workdir.name}",
+        stop_file=stop_file,
     )
     if done.state == "error" and done.job_id is None:
         return StepResult(failed=f"cannot submit to the batch system: {done.reason}")
@@ -314,6 +331,8 @@ def _batch_failure(p: CommandParams, run: _Run, done: BatchFinished) -> str | No
         if done.job_id is None:
             return f"timed out after {p.timeout:g} s before the batch job was submitted"
         return f"timed out after {p.timeout:g} s; {job} terminated"
+    if done.state == "stopped":
+        return f"{done.reason}; {job} terminated" if done.job_id else done.reason
     if done.state == "error":
         return f"{job}: {done.reason}"
     if done.state == "aborted":

@@ -98,7 +98,9 @@ class Notebook(TaskStep):
         for f in (executed, html):
             f.unlink(missing_ok=True)  # a retry must not attach the last try's notebook
         try:
-            done = run_process(env.command(argv), work, stdout, stderr, p.timeout, environ)
+            done = run_process(
+                env.command(argv), work, stdout, stderr, p.timeout, environ, ctx.stop_file
+            )
         except OSError as exc:
             raise StepError(f"cannot run papermill in env {env.name!r}: {exc}") from None
 
@@ -117,6 +119,8 @@ class Notebook(TaskStep):
             attachments.append((out, "Result"))
         attachments += [(stdout, "Log"), (stderr, "Log")]
         result = {"attachments": attachments, "messages": messages}
+        if done.stopped is not None:
+            return StepResult(**result, failed=f"{done.stopped}; papermill killed")
         if done.returncode is None:
             return StepResult(**result, failed=f"timed out after {p.timeout:g} s")
         if error is not None:

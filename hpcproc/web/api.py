@@ -4,7 +4,8 @@ Every route needs a user (401 without a valid token). A job, visit or attachment
 not see is answered 404, as if it did not exist; submitting on a scan of a visit the user does
 not belong to, or naming a file outside the data roots, is 403. Approving or rejecting a job
 held for approval (:mod:`hpcproc.approval`) is for staff only (403), and 409 when the job is
-not awaiting approval. Bad parameters are 422 with a
+not awaiting approval. Any user of a job's visit may cancel it while it runs (409 once it has
+ended). Bad parameters are 422 with a
 one-line reason naming the parameter. Errors are JSON ``{"detail": reason}``.
 
 The helpers below the routes (:func:`visible_job`, :func:`job_json`, :func:`listing_json`,
@@ -26,6 +27,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from hpcproc.approval import approval_of, approve, reject
+from hpcproc.cancel import cancel_of, request_cancel
 from hpcproc.dispatch.sizing import sized_steps
 from hpcproc.errors import HpcprocError, InputError, LimsError
 from hpcproc.lims import Lims
@@ -45,6 +47,7 @@ POLL = 0.5  # s between LIMS reads of an event stream
 
 __all__ = [
     "approve_job",
+    "cancel_job",
     "job_json",
     "listing_json",
     "recipe_json",
@@ -68,6 +71,10 @@ class JobRequest(BaseModel):
 
 class RejectRequest(BaseModel):
     reason: str = Field(default="", max_length=500, description="why the job is not run")
+
+
+class CancelRequest(BaseModel):
+    reason: str = Field(default="", max_length=500, description="why the job is cancelled")
 
 
 class ReprocessRequest(BaseModel):
@@ -165,6 +172,7 @@ def job_json(record: JobRecord, visit: str | None) -> dict[str, Any]:
         "reprocess_of": reprocess_of(record),
         "awaiting_approval": bool(approval and approval.awaiting),
         "approval": approval.text if approval else None,
+        "cancelled": cancel_of(record),
         "parameters": record.parameters,
         "url": f"/jobs/{record.id}",
         "events": f"/api/jobs/{record.id}/events",
@@ -295,6 +303,14 @@ def reject_job(svc: Services, user: User, job_id: int, reason: str) -> dict[str,
     return {"job_id": job_id, "url": f"/jobs/{job_id}"}
 
 
+def cancel_job(svc: Services, user: User, job_id: int, reason: str) -> dict[str, Any]:
+    """Cancel a job that runs or waits to run, wherever it runs (any user of its visit); the
+    202 answer. 409 if it has ended, is being cancelled or awaits approval."""
+    visible_job(svc.lims, user, job_id)
+    text = request_cancel(svc.lims, job_id, user.name, reason)
+    return {**_accepted(job_id), "cancelled": text}
+
+
 def _status_event(record: JobRecord) -> dict[str, Any]:
     return {
         "job_id": record.id,
@@ -368,6 +384,15 @@ def reject_route(
 ) -> dict[str, Any]:
     """Staff: do not run a job that awaits approval; its steps are skipped with the reason."""
     return reject_job(services(request), user, job_id, body.reason if body else "")
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202)
+def cancel_route(
+    job_id: int, request: Request, body: CancelRequest | None = None, user: User = CurrentUser
+) -> dict[str, Any]:
+    """Cancel a running or queued job: its running steps fail with the reason (what they made
+    is kept), the others are skipped. The job's process acts on it within about a second."""
+    return cancel_job(services(request), user, job_id, body.reason if body else "")
 
 
 @router.get("/jobs/{job_id}")

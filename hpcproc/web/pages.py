@@ -223,9 +223,11 @@ def job_page(request: Request, job_id: int) -> Response:
         {s.environment["dask_dashboard"] for s in job.steps if s.environment.get("dask_dashboard")}
     )
     from hpcproc.approval import approval_of
-    from hpcproc.jobs import APPROVAL, REPROCESS_OF
+    from hpcproc.cancel import cancel_of
+    from hpcproc.job_keys import APPROVAL, CANCEL, REPROCESS_OF
 
-    parameters = {k: v for k, v in job.parameters.items() if k not in (REPROCESS_OF, APPROVAL)}
+    ours = (REPROCESS_OF, APPROVAL, CANCEL)
+    parameters = {k: v for k, v in job.parameters.items() if k not in ours}
     parent = job.parameters.get(REPROCESS_OF)
     return _render(
         request,
@@ -236,6 +238,7 @@ def job_page(request: Request, job_id: int) -> Response:
         parameters=parameters,
         parent=parent,
         approval=approval_of(job),
+        cancelled=cancel_of(job),
         provenance=_provenance(request, job),
         dashboards=dashboards,
         result=_result_file(job),

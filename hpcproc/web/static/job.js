@@ -84,6 +84,31 @@
       decide("reject", { reason: document.getElementById("reject-reason").value }));
   }
 
+  // Any user of the visit: cancel the job while it runs (it stops within about a second).
+  const cancelButton = document.getElementById("cancel");
+  if (cancelButton) {
+    cancelButton.addEventListener("click", async () => {
+      if (!window.confirm("Cancel job " + jobId + "? Running steps stop; what they made is kept.")) return;
+      const error = document.getElementById("cancel-error");
+      const r = await fetch("/api/jobs/" + jobId + "/cancel", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ reason: document.getElementById("cancel-reason").value }),
+      });
+      if (!r.ok) {
+        let detail = r.statusText;
+        try { detail = (await r.json()).detail; } catch (e) { /* not JSON */ }
+        error.textContent = "cancel: " + detail;
+        error.hidden = false;
+        return;
+      }
+      const p = document.getElementById("cancelling");
+      p.textContent = (await r.json()).cancelled;
+      p.id = "cancel-record";
+    });
+  }
+
   if (section.dataset.final === "true" || !window.EventSource) return;
   const source = new EventSource("/api/jobs/" + jobId + "/events");
   let plotTimer = null;
