@@ -779,7 +779,7 @@ def recipes_show(recipe: str) -> None:
     from hpcproc.recipes import find_recipe
 
     r = find_recipe(recipe)
-    out.print(f"# {r.source}  sha256 {r.sha256}", highlight=False)
+    out.print(f"# {r.source}  sha256 {r.sha256}", highlight=False, soft_wrap=True)
     out.print(r.text, highlight=False, markup=False)
 
 

@@ -35,11 +35,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-import hpcproc
 from hpcproc.config import home
 from hpcproc.errors import InputError, StepError
 from hpcproc.recipes.loader import load_model
 from hpcproc.recipes.model import LocatedValueError
+from hpcproc.shipped import shipped_dir
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class EnvSpec(BaseModel):
 def env_dirs() -> list[Path]:
     """``$HPCPROC_ENV_PATH`` entries first, then the shipped ``envs/``."""
     dirs = [Path(p).expanduser() for p in os.environ.get(ENV_PATH, "").split(os.pathsep) if p]
-    dirs.append(Path(hpcproc.__file__).resolve().parents[1] / "envs")
+    dirs.append(shipped_dir("envs"))
     return list(dict.fromkeys(dirs))
 
 

@@ -19,10 +19,10 @@ from typing import Literal
 from distributed import Client, LocalCluster
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-import hpcproc
 from hpcproc.dispatch.batch import BatchSpec, check, make_cluster, wait_for_first_worker
 from hpcproc.errors import InputError
 from hpcproc.recipes.loader import load_model
+from hpcproc.shipped import shipped_dir
 
 log = logging.getLogger(__name__)
 BATCH_KINDS = ("slurm", "sge")
@@ -65,7 +65,7 @@ def profile_dirs() -> list[Path]:
     """$HPCPROC_CLUSTER_PATH (os.pathsep-separated) first, then the shipped `clusters/`."""
     env = os.environ.get("HPCPROC_CLUSTER_PATH", "")
     dirs = [Path(p) for p in env.split(os.pathsep) if p]
-    return [*dirs, Path(hpcproc.__file__).resolve().parents[1] / "clusters"]
+    return [*dirs, shipped_dir("clusters")]
 
 
 def load_profile(name_or_path: str) -> ClusterProfile:

@@ -17,9 +17,9 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-import hpcproc
 from hpcproc.errors import InputError, RecipeError
 from hpcproc.recipes.model import LocatedValueError, Recipe, show
+from hpcproc.shipped import shipped_dir
 
 SUFFIXES = (".yaml", ".yml")
 ENV_PATH = "HPCPROC_RECIPE_PATH"
@@ -219,7 +219,7 @@ def _recipe_error(
 def recipe_dirs() -> list[Path]:
     """Where recipes are looked for: ``$HPCPROC_RECIPE_PATH`` entries, then the shipped ones."""
     dirs = [Path(p).expanduser() for p in os.environ.get(ENV_PATH, "").split(os.pathsep) if p]
-    dirs.append(Path(hpcproc.__file__).resolve().parents[1] / "recipes")
+    dirs.append(shipped_dir("recipes"))
     unique: list[Path] = []
     for d in dirs:
         if d not in unique:

@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-import hpcproc
 from hpcproc.envs import Env, find_env
 from hpcproc.errors import StepError
+from hpcproc.shipped import shipped_dir
 from hpcproc.steps.base import StepContext, StepParams, StepResult, TaskStep
 from hpcproc.steps.command import fill_placeholders, last_line, run_process
 
@@ -45,7 +45,7 @@ def notebook_dirs() -> list[Path]:
     """``$HPCPROC_NOTEBOOK_PATH`` entries first, then the shipped ``notebooks/``."""
     env = os.environ.get(NOTEBOOK_PATH, "")
     dirs = [Path(p).expanduser() for p in env.split(os.pathsep) if p]
-    dirs.append(Path(hpcproc.__file__).resolve().parents[1] / "notebooks")
+    dirs.append(shipped_dir("notebooks"))
     return list(dict.fromkeys(dirs))
 
 
