@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -697,6 +698,7 @@ def status(
                 str(j.scan_file),
             )
         out.print(table)
+        _outbox_note()
         return
     record = lims.job(job)
     if as_json:
@@ -715,6 +717,25 @@ def status(
             out.print(f"    {m.severity}: {m.message}", highlight=False)
         for a in s.attachments:
             out.print(f"    file: {a.path}", highlight=False)
+
+
+def _outbox_note() -> None:
+    """A line when the LIMS outbox holds writes a gone process left or writes the LIMS refused:
+    the listing above may then miss records."""
+    from hpcproc.lims.outbox_files import outbox_files
+    from hpcproc.lims.recording import outbox_dir
+
+    directory = outbox_dir(config.home())
+    files = outbox_files(directory) if directory.is_dir() else []
+    left = sum(f.pending for f in files if not f.in_use)
+    refused = sum(f.failed for f in files)
+    if left or refused:
+        console.print(
+            f"[yellow]LIMS outbox:[/] {left} writes of stopped processes wait for the database, "
+            f"{refused} were refused: see `hpcproc outbox`",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _follow(lims: Any, job: int | None, every: float = 0.5) -> None:
@@ -749,9 +770,84 @@ def _follow(lims: Any, job: int | None, every: float = 0.5) -> None:
 
 def _plain(record: Any) -> Any:
     """Dataclass records -> JSON-ready data."""
-    import dataclasses
-
     return json.loads(json.dumps(dataclasses.asdict(record), default=str))
+
+
+# ---------------------------------------------------------------- outbox
+@main.command()
+@click.option("--refused", "show_refused", is_flag=True, help="List the refused writes.")
+@click.option(
+    "--replay", is_flag=True, help="Apply what dead processes left pending, now (database up)."
+)
+@click.option(
+    "--retry",
+    "retry_file",
+    type=click.Path(path_type=Path),
+    help="Queue a dead process's refused writes again, then replay.",
+)
+@click.option(
+    "--discard",
+    "discard_file",
+    type=click.Path(path_type=Path),
+    help="Drop a dead process's refused writes (once looked at).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+def outbox(
+    ctx: click.Context,
+    show_refused: bool,
+    replay: bool,
+    retry_file: Path | None,
+    discard_file: Path | None,
+    as_json: bool,
+) -> None:
+    """The LIMS outbox: writes waiting for the database (it was down) and writes it refused,
+    per recording process. Exit 1 while anything is refused, so a check can alert on it."""
+    from hpcproc.lims import default_lims_url
+    from hpcproc.lims.outbox_files import discard_refused, outbox_files, refused, retry_refused
+    from hpcproc.lims.recording import outbox_dir, replay_orphans
+
+    home = config.home()
+    directory = outbox_dir(home)
+    if discard_file is not None:
+        n = discard_refused(discard_file)
+        out.print(f"{discard_file}: {n} refused writes dropped", highlight=False, soft_wrap=True)
+    if retry_file is not None:
+        n = retry_refused(retry_file)
+        out.print(f"{retry_file}: {n} refused writes queued again", highlight=False, soft_wrap=True)
+    if replay or retry_file is not None or discard_file is not None:
+        left = replay_orphans(ctx.obj["lims_url"] or default_lims_url(home), directory)
+        out.print(f"replayed: {left} writes still pending", highlight=False)
+    files = outbox_files(directory) if directory.is_dir() else []
+    if as_json:
+        rows = [
+            {
+                **dataclasses.asdict(f),
+                "path": str(f.path),
+                "oldest_pending": f.oldest_pending and f.oldest_pending.isoformat(),
+                "refused": [dataclasses.asdict(r) for r in refused(f.path)] if show_refused else [],
+            }
+            for f in files
+        ]
+        out.print_json(data=json.loads(json.dumps(rows, default=str)))
+    else:
+        table = Table("file", "process", "pending", "oldest pending", "refused", "last refusal")
+        for f in files:
+            oldest = f"{f.oldest_pending:%Y-%m-%d %H:%M:%S}" if f.oldest_pending else ""
+            table.add_row(
+                str(f.path),
+                "running" if f.in_use else "gone",
+                str(f.pending),
+                oldest,
+                str(f.failed),
+                f.last_error or "",
+            )
+        out.print(table if files else f"no LIMS outbox files in {directory}", highlight=False)
+        for f in files if show_refused else []:
+            for r in refused(f.path):
+                line = f"{f.path.name} #{r.seq} {r.created:%Y-%m-%d %H:%M:%S} {r.method}: {r.error}"
+                out.print(line, highlight=False, soft_wrap=True)
+    sys.exit(1 if any(f.failed for f in files) else 0)
 
 
 # ---------------------------------------------------------------- recipes

@@ -6,6 +6,7 @@ middle of a job with the same command that starts it, and starts it again.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -552,3 +553,68 @@ def test_next_hpcproc_start_replays_a_dead_process_outbox(tmp_path: Path) -> Non
         assert summary.recipe == "xrd-map"
         assert db.job(summary.id).parameters == {"npt": 2000}
     assert not list(outbox_dir(home).glob("*.sqlite"))
+
+
+def test_outbox_command_shows_replays_retries_and_discards(cli: Any, tmp_path: Path) -> None:
+    """`hpcproc outbox`: what dead processes left (pending, refused) and what runs; replay;
+    a refused write retried once its cause is mended (the record restored); another dropped."""
+    from hpcproc import config
+    from hpcproc.lims import Lims, default_lims_url
+    from hpcproc.lims.recording import outbox_dir
+
+    url, directory = default_lims_url(config.home()), outbox_dir(config.home())
+    with Lims(url) as db:
+        _dc, _job, (program,) = record_job(db, n_programs=1)  # type: ignore[arg-type]
+    waiting = DurableLims(url, directory / "101-down.sqlite", start=False)  # the DB was down
+    waiting.create_job(waiting.record_scan(make_scan(tmp_path / "b.nxs")), "xrf-map", {})
+    waiting.close(flush_timeout=0)
+    mended, dropped = directory / "102-refused.sqlite", directory / "103-refused.sqlite"
+    for path, words in ((mended, "to a restored program"), (dropped, "to nowhere")):
+        with DurableLims(url, path) as dead:
+            dead.add_message(987654, "ERROR", words)
+            dead.add_message(program, "INFO", f"after: {words}")  # applied all the same
+            assert dead.flush(20) and len(dead.failed()) == 1
+    alive = DurableLims(url, directory / "104-alive.sqlite")
+    try:
+        r = cli("outbox", "--json")
+        assert r.exit_code == 1, r.output  # something is refused
+        rows = {Path(f["path"]).name: f for f in json.loads(r.output)}
+        assert rows["101-down.sqlite"]["pending"] == 2 and not rows["101-down.sqlite"]["in_use"]
+        assert rows["102-refused.sqlite"]["failed"] == 1
+        assert "no processing program 987654" in rows["102-refused.sqlite"]["last_error"]
+        assert rows["104-alive.sqlite"]["in_use"] is True
+        r = cli("status")  # the job listing says that records wait or were refused
+        assert "LIMS outbox: 2 writes of stopped processes wait" in r.output
+        assert "2 were refused" in r.output
+        r = cli("outbox", "--refused")
+        assert "#1" in r.output and "add_message: " in r.output and "gone" in r.output
+
+        r = cli("outbox", "--replay")
+        assert "replayed: 0 writes still pending" in r.output and r.exit_code == 1
+        assert not (directory / "101-down.sqlite").exists()  # applied, then removed
+        with Lims(url) as db:
+            assert {j.recipe for j in db.jobs()} == {"xrd_map", "xrf-map"}
+
+        r = cli("outbox", "--retry", str(directory / "104-alive.sqlite"))
+        assert r.exit_code == 2 and "in use by a running process" in r.output
+
+        with Lims(url) as db, db._engine.begin() as conn:  # the program restored from a backup
+            conn.execute(
+                isp.AutoProcProgram.__table__.insert().values(
+                    autoProcProgramId=987654, processingCommandLine="restored"
+                )
+            )
+        r = cli("outbox", "--retry", str(mended), "--discard", str(dropped))
+        assert (
+            "1 refused writes queued again" in r.output and "1 refused writes dropped" in r.output
+        )
+        assert r.exit_code == 0, r.output
+        assert not mended.exists() and not dropped.exists()
+        with Lims(url) as db:
+            restored = db.program(987654)
+            assert [m.message for m in restored.messages] == ["to a restored program"]
+            assert len(db.program(program).messages) == 2
+    finally:
+        alive.close()
+    r = cli("outbox", "--replay")  # the closed process's empty outbox goes too
+    assert r.exit_code == 0 and "no LIMS outbox files" in r.output
