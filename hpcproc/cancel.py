@@ -31,6 +31,7 @@ __all__ = ["CANCEL", "cancel_of", "close_open_steps", "request_cancel", "watch_c
 log = logging.getLogger(__name__)
 
 EVERY = 1.0  # s between a running job's looks at the LIMS
+FIRST_LOOK = 2.0  # s a job waits at most for its first look (a LIMS that hangs delays no more)
 
 
 def cancel_of(record: JobRecord | Mapping[str, Any]) -> str | None:
@@ -76,25 +77,32 @@ def close_open_steps(lims: Lims, job_id: int, text: str) -> int:
 @contextmanager
 def watch_cancel(lims: Any, job_id: int, stop: Stop, every: float = EVERY) -> Iterator[None]:
     """While the block runs (the job), look for a cancel of ``job_id`` and pass it to ``stop``.
-    A LIMS that cannot be read (down) only delays this; it never disturbs the job."""
-    done = threading.Event()
+    The block starts after the first look (or FIRST_LOOK s, if the LIMS is slow to answer), so
+    a job cancelled before it started runs nothing. A LIMS that cannot be read (down) only
+    delays this; it never disturbs the job."""
+    done, looked = threading.Event(), threading.Event()
+
+    def seen() -> bool:
+        try:
+            found = lims.job_parameter(job_id, CANCEL)
+        except Exception as exc:  # down, or the job's id not in the database yet
+            log.debug("job %s: cannot look for a cancel: %s", job_id, exc)
+            found = None
+        if isinstance(found, str) and found:
+            log.info("job %s: %s", job_id, found)
+            stop.request(found)
+        looked.set()  # after the request: the job starts knowing it
+        return stop.reason is not None
 
     def look() -> None:
-        while True:
-            try:
-                found = lims.job_parameter(job_id, CANCEL)
-            except Exception as exc:  # down, or the job's id not in the database yet
-                log.debug("job %s: cannot look for a cancel: %s", job_id, exc)
-                found = None
-            if isinstance(found, str) and found:
-                log.info("job %s: %s", job_id, found)
-                stop.request(found)
-                return
-            if done.wait(every):
-                return
+        if seen():
+            return
+        while not done.wait(every) and not seen():
+            pass
 
     watcher = threading.Thread(target=look, name=f"cancel-watch-{job_id}", daemon=True)
     watcher.start()
+    looked.wait(FIRST_LOOK)
     try:
         yield
     finally:

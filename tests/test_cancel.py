@@ -118,8 +118,9 @@ def test_cancel_from_another_process_stops_a_live_job_and_keeps_its_points(
         assert b"cancelled by tester" in proc["message"][()]
         assert int(proc["progress"][()]) == done
         fe = proc["maps/Fe-Ka"][()].reshape(480)
-        assert np.isfinite(fe[:done]).all() and (fe[:done] > 0).all(), "the points made are kept"
-        assert not np.isfinite(fe[done:]).any(), "and nothing after the cancel"
+        kept = np.isfinite(fe)
+        assert kept.sum() == done, "the points processed before the cancel are kept, no more"
+        assert (fe[kept] > 0).all()
         assert f["entry/tool/status"][()] == b"skipped"
     assert not stop_file(outcome.processed).exists()
 
