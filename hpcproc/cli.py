@@ -920,6 +920,13 @@ def recipes_schema(recipe: str) -> None:
 )
 @click.option("--cluster", default="local", show_default=True, help="Cluster profile name or file.")
 @click.option("--max-jobs", default=2, show_default=True, help="Submitted jobs running at once.")
+@click.option(
+    "--root-path",
+    envvar="HPCPROC_ROOT_PATH",
+    default="",
+    help="URL path a reverse proxy publishes the service under (/hpcproc); with or without "
+    "the proxy taking it off the requests.",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -928,6 +935,7 @@ def serve(
     data_roots: Sequence[Path],
     cluster: str,
     max_jobs: int,
+    root_path: str,
 ) -> None:
     """Serve the web pages and the JSON API (tokens: `hpcproc users add`)."""
     import uvicorn
@@ -939,7 +947,9 @@ def serve(
         data_roots=list(data_roots),
         cluster=cluster,
         max_jobs=max_jobs,
+        root_path=root_path,
     )
+    # uvicorn's own root_path is left unset: UnderRootPath handles both kinds of proxy.
     uvicorn.run(create_app(settings), host=host, port=port)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -15,10 +16,12 @@ from fastapi.testclient import TestClient
 from web_helpers import web_app
 
 from hpcproc.approval import recorded_plan
+from hpcproc.errors import InputError
 from hpcproc.job_keys import REPROCESS_OF
 from hpcproc.jobs import prepare, record_plan
 from hpcproc.recipes import find_recipe
 from hpcproc.status import Status
+from hpcproc.web.app import Settings
 from hpcproc.web.jobs import runner
 
 
@@ -476,3 +479,35 @@ def test_cli_users_and_serve(cli, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
     assert seen["app"].title == "hpcproc"
+    result = cli("serve", "--root-path", "/hpcproc/", "--data-root", data)
+    assert result.exit_code == 0, result.output
+    assert [m.kwargs["prefix"] for m in seen["app"].user_middleware] == ["/hpcproc"]
+    result = cli("serve", "--root-path", "/a b", "--data-root", data)
+    assert result.exit_code == 2 and "not a plain URL path" in result.output
+
+
+def test_published_under_a_path_by_a_reverse_proxy(tmp_path, monkeypatch, sim_scan):
+    """--root-path /hpcproc: requests are answered whether the proxy passes the prefix on or
+    takes it off, and every URL the service gives out (API, redirects, page links) has it."""
+    app, scan = web_app(tmp_path, monkeypatch, sim_scan, "hpcproc/")
+    with TestClient(app) as http:
+        svc = app.state.services
+        h = {"Authorization": f"Bearer {svc.users.add('alice', ['cm12345-1'])}"}
+        plan = prepare(find_recipe("xrf-map"), scan, {})
+        job_id = record_plan(plan, lims=svc.lims).job_id
+        for path in (f"/hpcproc/api/jobs/{job_id}", f"/api/jobs/{job_id}"):
+            r = http.get(path, headers=h)
+            assert r.status_code == 200, (path, r.text)
+            assert r.json()["url"] == f"/hpcproc/jobs/{job_id}"
+            assert r.json()["events"] == f"/hpcproc/api/jobs/{job_id}/events"
+        r = http.get(f"/hpcproc/jobs/{job_id}", follow_redirects=False)  # not logged in
+        assert r.status_code == 303
+        assert r.headers["location"] == f"/hpcproc/login?next=%2Fhpcproc%2Fjobs%2F{job_id}"
+        r = http.get(f"/hpcproc/jobs/{job_id}", headers=h)
+        assert r.status_code == 200 and 'data-root="/hpcproc"' in r.text
+        links = re.findall(r'(?:href|src|action|data-src)="(/[^"]*)"', r.text)
+        assert len(links) >= 4 and all(link.startswith("/hpcproc/") for link in links), links
+        r = http.post("/hpcproc/login", data={"token": "wrong", "next": "//evil.example/"})
+        assert r.status_code == 401 and 'value="/hpcproc/"' in r.text  # never off the site
+    with pytest.raises(InputError, match="not a plain URL path"):
+        Settings(root_path="/a/../b")

@@ -12,13 +12,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import h5py
 import numpy as np
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from web_helpers import web_app
+from web_helpers import OnlyUnder, web_app
 
 from hpcproc.jobs import prepare, record_plan
 from hpcproc.recipes import find_recipe
@@ -71,12 +72,15 @@ def _release(svc) -> None:
 
 
 @pytest.fixture
-def site(tmp_path, monkeypatch, client, sim_scan):
-    """The app served by uvicorn in a thread, on a free port, jobs on the session's cluster."""
-    app, scan = web_app(tmp_path, monkeypatch, sim_scan)
+def site(request, tmp_path, monkeypatch, client, sim_scan):
+    """The app served by uvicorn in a thread, on a free port, jobs on the session's cluster.
+    Parametrized with a root path, it is published only under it, as by a reverse proxy."""
+    root = getattr(request, "param", "")
+    app, scan = web_app(tmp_path, monkeypatch, sim_scan, root)
+    served = OnlyUnder(app, root) if root else app
     port = _free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(served, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -87,7 +91,7 @@ def site(tmp_path, monkeypatch, client, sim_scan):
     svc = app.state.services  # the lifespan has run
     svc.extra["client"] = client
     try:
-        yield Site(f"http://127.0.0.1:{port}", svc, scan, _add_users(svc))
+        yield Site(f"http://127.0.0.1:{port}{root}", svc, scan, _add_users(svc))
     finally:
         _release(svc)
         server.should_exit = True
@@ -130,6 +134,7 @@ def _chromium() -> Iterator[Callable[..., Any]]:
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+@pytest.mark.parametrize("site", ["", "/hpcproc"], indirect=True, ids=["at-root", "under-proxy"])
 def test_submit_in_browser_then_watch_the_job(site):
     from playwright.sync_api import expect
 
@@ -139,7 +144,8 @@ def test_submit_in_browser_then_watch_the_job(site):
 
         # Log in with the token: the cookie is set, and / leads to the user's only visit.
         page.goto(f"{site.url}/")
-        expect(page).to_have_url(f"{site.url}/login?next=%2F")
+        root = urlsplit(site.url).path  # "" or the proxy's path
+        expect(page).to_have_url(f"{site.url}/login?next={quote(root + '/', safe='')}")
         page.fill("#token", "not-a-token")
         page.click("button[type=submit]")
         expect(page.locator(".error")).to_contain_text("not valid")
@@ -216,7 +222,7 @@ def test_submit_in_browser_then_watch_the_job(site):
 
 
 def _log_in(page, url: str, token: str, then: str) -> None:
-    page.goto(f"{url}/login?next={then}")
+    page.goto(f"{url}/login?next={urlsplit(url).path}{then}")
     page.fill("#token", token)
     page.click("button[type=submit]")
     page.wait_for_url(f"{url}{then}")

@@ -37,7 +37,7 @@ from hpcproc.lims.records import JobRecord
 from hpcproc.nexus.scan import read_scan_info
 from hpcproc.recipes import Recipe, list_recipes
 from hpcproc.reprocess import plan_reprocessing, reprocess_of
-from hpcproc.web.app import CurrentUser, Services, confined, services
+from hpcproc.web.app import CurrentUser, Services, confined, root, services
 from hpcproc.web.auth import User
 from hpcproc.web.jobs import runner
 
@@ -151,12 +151,13 @@ def visible_job(lims: Lims, user: User, job_id: int) -> tuple[JobRecord, str | N
     return record, visit
 
 
-def attachment_url(job_id: int, attachment_id: int) -> str:
-    return f"/api/jobs/{job_id}/attachments/{attachment_id}"
+def attachment_url(job_id: int, attachment_id: int, root: str = "") -> str:
+    return f"{root}/api/jobs/{job_id}/attachments/{attachment_id}"
 
 
-def job_json(record: JobRecord, visit: str | None) -> dict[str, Any]:
-    """A job as the API answers it: parameters, steps with messages and attachments."""
+def job_json(record: JobRecord, visit: str | None, root: str = "") -> dict[str, Any]:
+    """A job as the API answers it: parameters, steps with messages and attachments. URLs
+    start with ``root``, the path the service is published under."""
     approval = approval_of(record)
     return {
         "id": record.id,
@@ -174,8 +175,8 @@ def job_json(record: JobRecord, visit: str | None) -> dict[str, Any]:
         "approval": approval.text if approval else None,
         "cancelled": cancel_of(record),
         "parameters": record.parameters,
-        "url": f"/jobs/{record.id}",
-        "events": f"/api/jobs/{record.id}/events",
+        "url": f"{root}/jobs/{record.id}",
+        "events": f"{root}/api/jobs/{record.id}/events",
         "steps": [
             {
                 "id": s.id,
@@ -203,7 +204,7 @@ def job_json(record: JobRecord, visit: str | None) -> dict[str, Any]:
                         "path": str(a.path),
                         "importance_rank": a.importance_rank,
                         "time": _time(a.time),
-                        "url": attachment_url(record.id, a.id),
+                        "url": attachment_url(record.id, a.id, root),
                     }
                     for a in s.attachments
                 ],
@@ -213,7 +214,7 @@ def job_json(record: JobRecord, visit: str | None) -> dict[str, Any]:
     }
 
 
-def listing_json(row: JobListing) -> dict[str, Any]:
+def listing_json(row: JobListing, root: str = "") -> dict[str, Any]:
     return {
         "id": row.id,
         "recipe": row.recipe,
@@ -230,12 +231,17 @@ def listing_json(row: JobListing) -> dict[str, Any]:
         "experiment_type": row.experiment_type,
         "title": row.title,
         "automatic": row.automatic,
-        "url": f"/jobs/{row.id}",
+        "url": f"{root}/jobs/{row.id}",
     }
 
 
-def _accepted(job_id: int) -> dict[str, Any]:
-    return {"job_id": job_id, "url": f"/jobs/{job_id}", "events": f"/api/jobs/{job_id}/events"}
+def _accepted(svc: Services, job_id: int) -> dict[str, Any]:
+    root = svc.settings.root_path
+    return {
+        "job_id": job_id,
+        "url": f"{root}/jobs/{job_id}",
+        "events": f"{root}/api/jobs/{job_id}/events",
+    }
 
 
 def submit_job(
@@ -255,7 +261,7 @@ def submit_job(
     plan = make_plan(found, scan, parameters)
     sized_steps(plan, svc.settings.cluster)
     job = runner(svc).submit(plan)
-    return _accepted(job.job_id)
+    return _accepted(svc, job.job_id)
 
 
 def reprocess_job(
@@ -272,7 +278,7 @@ def reprocess_job(
     (plan,) = plan_reprocessing(job_id, parameters, lims=svc.lims, recipe=found)
     sized_steps(plan.plan, svc.settings.cluster)
     job = runner(svc).submit(plan.plan, parent_job=plan.parent, display_name=plan.display_name)
-    return _accepted(job.job_id)
+    return _accepted(svc, job.job_id)
 
 
 def _staff(user: User, what: str) -> None:
@@ -292,7 +298,7 @@ def approve_job(svc: Services, user: User, job_id: int) -> dict[str, Any]:
         raise InputError(f"job {job_id} ran recipe {record.recipe!r}, which is not on the path")
     plan, job = approve(svc.lims, job_id, user.name, found)
     runner(svc).start(plan, job)
-    return _accepted(job_id)
+    return _accepted(svc, job_id)
 
 
 def reject_job(svc: Services, user: User, job_id: int, reason: str) -> dict[str, Any]:
@@ -300,7 +306,7 @@ def reject_job(svc: Services, user: User, job_id: int, reason: str) -> dict[str,
     _staff(user, "reject jobs")
     visible_job(svc.lims, user, job_id)
     reject(svc.lims, job_id, user.name, reason)
-    return {"job_id": job_id, "url": f"/jobs/{job_id}"}
+    return {"job_id": job_id, "url": f"{svc.settings.root_path}/jobs/{job_id}"}
 
 
 def cancel_job(svc: Services, user: User, job_id: int, reason: str) -> dict[str, Any]:
@@ -308,7 +314,7 @@ def cancel_job(svc: Services, user: User, job_id: int, reason: str) -> dict[str,
     202 answer. 409 if it has ended, is being cancelled or awaits approval."""
     visible_job(svc.lims, user, job_id)
     text = request_cancel(svc.lims, job_id, user.name, reason)
-    return {**_accepted(job_id), "cancelled": text}
+    return {**_accepted(svc, job_id), "cancelled": text}
 
 
 def _status_event(record: JobRecord) -> dict[str, Any]:
@@ -399,7 +405,7 @@ def cancel_route(
 def job(job_id: int, request: Request, user: User = CurrentUser) -> dict[str, Any]:
     """A job with its parameters, steps, messages and attachments."""
     record, visit = visible_job(services(request).lims, user, job_id)
-    return job_json(record, visit)
+    return job_json(record, visit, root(request))
 
 
 @router.get("/visits/{visit}/jobs")
@@ -432,7 +438,7 @@ def visit_jobs(
         )
     except LimsError as exc:
         raise InputError(str(exc)) from None  # a malformed visit or status: 422
-    return [listing_json(r) for r in rows]
+    return [listing_json(r, root(request)) for r in rows]
 
 
 @router.get(

@@ -35,8 +35,11 @@ class Settings:
     data_roots: list[Path] = field(default_factory=list)  # attachments are served from these
     cluster: str = "local"  # profile the submitted jobs run on
     max_jobs: int = 2
+    # The URL path the service is published under by a reverse proxy ("/hpcproc"), or "".
+    root_path: str = field(default_factory=lambda: os.environ.get("HPCPROC_ROOT_PATH", ""))
 
     def __post_init__(self) -> None:
+        self.root_path = normal_root_path(self.root_path)
         self.home = Path(self.home)
         self.lims_url = self.lims_url or default_lims_url(self.home)
         roots = self.data_roots or [
@@ -47,6 +50,34 @@ class Settings:
     @property
     def users_path(self) -> Path:
         return self.home / "web-users.sqlite"
+
+
+def normal_root_path(text: str) -> str:
+    """``/hpcproc`` from ``hpcproc``, ``/hpcproc/`` or ``/hpcproc``; "" for none."""
+    text = text.strip().strip("/")
+    if not text:
+        return ""
+    if any(part in ("", ".", "..") for part in text.split("/")) or any(c in text for c in "?#%\\ "):
+        raise InputError(f"root path {text!r} is not a plain URL path like /hpcproc")
+    return "/" + text
+
+
+class UnderRootPath:
+    """ASGI middleware for a service published under a path prefix by a reverse proxy: the
+    prefix is the request's root path whether the proxy passes it on or takes it off, so routes
+    match and pages build their links under it."""
+
+    def __init__(self, app: Any, prefix: str) -> None:
+        self.app, self.prefix = app, prefix
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path, p = scope["path"], self.prefix
+            if path != p and not path.startswith(p + "/"):  # the proxy took it off
+                raw = scope.get("raw_path") or path.encode()
+                scope = {**scope, "path": p + path, "raw_path": p.encode() + raw}
+            scope = {**scope, "root_path": p}
+        await self.app(scope, receive, send)
 
 
 class Services:
@@ -71,6 +102,11 @@ class Services:
 
 def services(request: Request) -> Services:
     return request.app.state.services
+
+
+def root(request: Request) -> str:
+    """The path prefix of every URL the service gives out ("" when served at /)."""
+    return services(request).settings.root_path
 
 
 def lims(request: Request) -> Lims:
@@ -115,6 +151,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.services.close()
 
     app = FastAPI(title="hpcproc", version=__version__, lifespan=lifespan)
+    if settings.root_path:
+        app.add_middleware(UnderRootPath, prefix=settings.root_path)
 
     @app.exception_handler(HpcprocError)
     async def _hpcproc_error(_request: Request, exc: HpcprocError) -> JSONResponse:

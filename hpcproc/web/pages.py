@@ -26,7 +26,7 @@ from hpcproc.lims.queries import visit_jobs
 from hpcproc.lims.records import JobRecord
 from hpcproc.web import plots
 from hpcproc.web.api import attachment_url, visible_job
-from hpcproc.web.app import COOKIE, confined, services, token_of
+from hpcproc.web.app import COOKIE, confined, root, services, token_of
 from hpcproc.web.auth import User
 
 HERE = Path(__file__).resolve().parent
@@ -55,10 +55,13 @@ def _user(request: Request) -> User:
 
 def _login_redirect(request: Request) -> RedirectResponse:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+    login = f"{root(request)}/login?next={quote(target, safe='')}"
+    return RedirectResponse(login, status_code=303)
 
 
 def _render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """A page; every link in it starts with ``root``, the path the service is published under."""
+    context = {"root": root(request), **context}
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
@@ -118,19 +121,22 @@ def favicon() -> Response:
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_form(request: Request, next: str = "/") -> HTMLResponse:
-    return _render(request, "login.html", next=_safe_next(next), error="")
+def login_form(request: Request, next: str = "") -> HTMLResponse:
+    return _render(request, "login.html", next=_safe_next(request, next), error="")
 
 
-def _safe_next(target: str) -> str:
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+def _safe_next(request: Request, target: str) -> str:
+    """Where to go after logging in: a path of this service, else its front page."""
+    prefix = root(request)
+    ours = target.startswith(f"{prefix}/") or (prefix != "" and target == prefix)
+    return target if ours and not target.startswith("//") else f"{prefix}/"
 
 
 @router.post("/login", response_model=None)
 async def login(request: Request) -> Response:
     form = parse_qs((await request.body()).decode(errors="replace"))
     token = (form.get("token") or [""])[0].strip()
-    target = _safe_next((form.get("next") or ["/"])[0])
+    target = _safe_next(request, (form.get("next") or [""])[0])
     if services(request).users.user(token) is None:
         return _render(
             request, "login.html", status_code=401, next=target, error="This token is not valid."
@@ -148,8 +154,8 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-def logout() -> RedirectResponse:
-    response = RedirectResponse("/login", status_code=303)
+def logout(request: Request) -> RedirectResponse:
+    response = RedirectResponse(f"{root(request)}/login", status_code=303)
     response.delete_cookie(COOKIE)
     return response
 
@@ -162,7 +168,7 @@ def index(request: Request) -> Response:
         return _login_redirect(request)
     visits = sorted(user.visits)
     if len(visits) == 1 and not user.staff:
-        return RedirectResponse(f"/visits/{quote(visits[0])}", status_code=303)
+        return RedirectResponse(f"{root(request)}/visits/{quote(visits[0])}", status_code=303)
     return _render(request, "index.html", user=user, visits=visits)
 
 
@@ -337,7 +343,7 @@ def submit_page(request: Request, name: str, scan: str = "") -> Response:
         recipe=recipe,
         fields=_fields(schema, {}),
         scan=scan,
-        action="/api/jobs",
+        action=f"{root(request)}/api/jobs",
         parent=None,
     )
 
@@ -359,6 +365,6 @@ def reprocess_page(request: Request, job_id: int) -> Response:
         recipe=recipe,
         fields=_fields(schema, values),
         scan=str(job.scan_file or ""),
-        action=f"/api/jobs/{job_id}/reprocess",
+        action=f"{root(request)}/api/jobs/{job_id}/reprocess",
         parent=job,
     )

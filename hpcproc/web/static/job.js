@@ -1,5 +1,7 @@
 // Job page: live statuses from the API's server-sent events; attachments and plots when it ends.
 "use strict";
+// The path the service is published under ("" at /): every URL below starts with it.
+const ROOT = document.body.dataset.root || "";
 (function () {
   const section = document.getElementById("job");
   const jobId = section.dataset.job;
@@ -28,7 +30,7 @@
     }
   }
   async function refreshJob() {
-    const r = await fetch("/api/jobs/" + jobId, { credentials: "same-origin" });
+    const r = await fetch(ROOT + "/api/jobs/" + jobId, { credentials: "same-origin" });
     if (!r.ok) return;
     const job = await r.json();
     applyStatus(job);
@@ -57,7 +59,7 @@
   // Staff: approve (the job runs under the same id) or reject a job awaiting approval.
   async function decide(action, body) {
     const error = document.getElementById("approval-error");
-    const r = await fetch("/api/jobs/" + jobId + "/" + action, {
+    const r = await fetch(ROOT + "/api/jobs/" + jobId + "/" + action, {
       method: "POST",
       credentials: "same-origin",
       headers: { "Content-Type": "application/json" },
@@ -90,7 +92,7 @@
     cancelButton.addEventListener("click", async () => {
       if (!window.confirm("Cancel job " + jobId + "? Running steps stop; what they made is kept.")) return;
       const error = document.getElementById("cancel-error");
-      const r = await fetch("/api/jobs/" + jobId + "/cancel", {
+      const r = await fetch(ROOT + "/api/jobs/" + jobId + "/cancel", {
         method: "POST",
         credentials: "same-origin",
         headers: { "Content-Type": "application/json" },
@@ -110,7 +112,7 @@
   }
 
   if (section.dataset.final === "true" || !window.EventSource) return;
-  const source = new EventSource("/api/jobs/" + jobId + "/events");
+  const source = new EventSource(ROOT + "/api/jobs/" + jobId + "/events");
   let plotTimer = null;
   source.addEventListener("status", (ev) => {
     const data = JSON.parse(ev.data);

@@ -1,5 +1,7 @@
 // Submit form: the recipe's parameters as JSON to the API; on 202 go to the job page.
 "use strict";
+// The path the service is published under ("" at /): every URL below starts with it.
+const ROOT = document.body.dataset.root || "";
 (function () {
   const form = document.getElementById("submit-form");
   const errorBox = document.getElementById("form-error");
@@ -53,7 +55,7 @@
       let answer = null;
       try { answer = await r.json(); } catch (e) { answer = null; }
       if (r.status === 202 || r.ok) {
-        location.href = answer.url || "/jobs/" + answer.job_id;
+        location.href = answer.url || ROOT + "/jobs/" + answer.job_id;
         return;
       }
       showError(reason(answer, r.status));

@@ -1,5 +1,7 @@
 // Visit page: keep the jobs table current by polling the API every 2 s while any job is not final.
 "use strict";
+// The path the service is published under ("" at /): every URL below starts with it.
+const ROOT = document.body.dataset.root || "";
 (function () {
   const table = document.getElementById("jobs");
   const visit = table.dataset.visit;
@@ -21,7 +23,7 @@
     tr.dataset.job = job.id;
     const id = document.createElement("td");
     const a = document.createElement("a");
-    a.href = "/jobs/" + job.id;
+    a.href = job.url || ROOT + "/jobs/" + job.id;
     a.textContent = job.id;
     id.appendChild(a);
     tr.appendChild(id);
@@ -42,7 +44,7 @@
   }
   async function refresh() {
     try {
-      const r = await fetch("/api/visits/" + encodeURIComponent(visit) + "/jobs?limit=500",
+      const r = await fetch(ROOT + "/api/visits/" + encodeURIComponent(visit) + "/jobs?limit=500",
                             { credentials: "same-origin" });
       if (!r.ok) return;
       const jobs = await r.json();
@@ -66,7 +68,7 @@
     form.addEventListener("submit", (ev) => {
       ev.preventDefault();
       const recipe = form.elements.recipe.value;
-      location.href = "/recipes/" + encodeURIComponent(recipe) + "/submit?scan=" +
+      location.href = ROOT + "/recipes/" + encodeURIComponent(recipe) + "/submit?scan=" +
         encodeURIComponent(form.dataset.scan);
     });
   }
