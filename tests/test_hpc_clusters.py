@@ -135,6 +135,10 @@ def test_unknown_queue_interface_or_walltime_are_refused_before_submitting(kind,
     too_long = rf"walltime 01:00:00 is longer than queue '{short}' allows \(00:01:00\)"
     with pytest.raises(InputError, match=too_long), open_client(bad):
         pass
+    bad = load_profile(str(_profile(tmp_path, kind, memory="2GB", max_memory="4TB")))
+    too_big = r"batch jobs of up to 4TB \(batch.max_memory\) do not fit the largest node of queue"
+    with pytest.raises(InputError, match=too_big + r" '.*' \(\d+\.\d GiB\)"), open_client(bad):
+        pass
     kw = "squeue" if kind == "slurm" else "qstat"
     mine = subprocess.run([kw], capture_output=True, text=True).stdout
     assert "nosuch" not in mine  # nothing was submitted

@@ -7,9 +7,10 @@ interface, local and log directories, the adaptive range of batch jobs, and when
 before their walltime.
 
 Before anything is submitted the profile is checked against this host and scheduler: the queue
-must exist (``sinfo`` / ``qconf -sql``), the network interface must exist and have an IPv4
-address, the scheduler's commands must be on the PATH. Each gives a one-line InputError, so a
-typo costs a second, not a job stuck in a queue.
+must exist (``sinfo`` / ``qconf -sql``), its time limit must allow the walltime, its largest
+node must hold the memory a job may ask for (``sinfo -N`` / ``qhost``), the network interface
+must exist and have an IPv4 address, the scheduler's commands must be on the PATH. Each gives a
+one-line InputError, so a typo costs a second, not a job stuck in a queue.
 
 Workers leave ``drain_before`` ahead of their walltime (Dask's worker ``--lifetime``, staggered
 so they do not all leave at once): a leaving worker hands its data to the others and its tasks
@@ -22,6 +23,7 @@ a worker that vanished mid-step gets a reason (cancelled, walltime exceeded, nod
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -166,6 +168,15 @@ def check(kind: Literal["slurm", "sge"], profile: str, spec: BatchSpec) -> None:
                 f"cluster profile {profile!r}: walltime {spec.walltime} is longer than queue "
                 f"{spec.queue!r} allows ({hms(limit)}): its jobs would wait for ever"
             )
+        node = queue_memory(kind, spec.queue)
+        asked = size_bytes(spec.max_memory or spec.memory)
+        if node is not None and asked > node:
+            which = "max_memory" if spec.max_memory else "memory"
+            raise InputError(
+                f"cluster profile {profile!r}: batch jobs of up to {spec.max_memory or spec.memory}"
+                f" (batch.{which}) do not fit the largest node of queue {spec.queue!r} "
+                f"({node / 2**30:.1f} GiB): they could never start"
+            )
     if spec.interface is not None:
         check_interface(profile, spec.interface)
 
@@ -203,6 +214,33 @@ def queue_walltime(kind: str, queue: str) -> int | None:
     except (HpcprocError, ValueError, IndexError):
         return None
     return None
+
+
+_SGE_SIZE = re.compile(r"^([\d.]+)([KMGT]?)$")
+
+
+def queue_memory(kind: str, queue: str) -> int | None:
+    """The memory of the queue's largest node, in bytes (None if it could not be read)."""
+    try:
+        if kind == "slurm":  # one line per node, in MiB ("23593", or "23593+" for a range)
+            lines = _run(["sinfo", "-h", "-N", "-p", queue, "-o", "%m"]).split()
+            return max(int(v.rstrip("+")) for v in lines) * 2**20 if lines else None
+        # qhost -q: a line per host (MEMTOT like 23.5G), then its queue instances, indented
+        best, host_mem = None, None
+        for line in _run(["qhost", "-q"]).splitlines():
+            words = line.split()
+            if not words or line.startswith("-"):
+                continue
+            if not line.startswith(" "):
+                m = _SGE_SIZE.match(words[7]) if len(words) > 7 else None
+                host_mem = (
+                    int(float(m.group(1)) * 1024 ** "_KMGT".index(m.group(2) or "_")) if m else None
+                )
+            elif words[0] == queue and host_mem is not None:
+                best = max(best or 0, host_mem)
+        return best
+    except (HpcprocError, ValueError, IndexError):
+        return None
 
 
 def check_interface(profile: str, name: str) -> None:
