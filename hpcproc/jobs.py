@@ -267,7 +267,7 @@ def execute_plan(
     stop = Stop(stop_file(out_path))  # a cancel recorded in the LIMS, from any process
     try:
         default, profiles = sized_steps(plan, cluster)
-        pool = recorder.pool = ClientPool(client, profiles, default)
+        pool = recorder.pool = ClientPool(client, profiles, default, stop=stop)
         with (
             watch_cancel(lims, job.job_id, stop),
             ProcessedFile(out_path, scan, title=f"{recipe.name} on {scan.scan_id}") as out,

@@ -303,6 +303,63 @@ def test_a_bigger_step_gets_its_own_pool_released_when_the_job_ends(
             assert "mem=3G" in shown.stdout.replace("3072M", "3G"), shown.stdout
 
 
+def _pending_pool(tmp_path: Path, monkeypatch, **batch: object) -> None:
+    """A profile 'later' whose batch jobs Slurm holds for an hour (--begin), on the path."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir(exist_ok=True)
+    data = json.loads(_profile(tmp_path, "slurm", job_directives=["--begin=now+3600"], **batch)
+                      .read_text())  # fmt: skip
+    data["name"] = "later"
+    (profiles / "later.yaml").write_text(json.dumps(data))
+    monkeypatch.setenv("HPCPROC_CLUSTER_PATH", str(profiles))
+
+
+def _squeue() -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+def test_a_pool_that_never_starts_fails_its_step_only(
+    slurm, tmp_path, xrf_scan, lims, client, monkeypatch
+):
+    """The downstream step's pool stays pending past its start_timeout: that step fails saying
+    so (the batch job's state named), the live step's results are kept, the job is not aborted,
+    and the pending batch job is removed."""
+    _pending_pool(tmp_path, monkeypatch, start_timeout=3)
+    before = _squeue()
+    text = _two_pool_recipe(cluster="later")
+    outcome = run_job(load_recipe_text(text), xrf_scan, {}, lims=lims, client=client)
+    steps = {s.step_id: s for s in lims.job(outcome.job_id).steps}
+    assert steps["windows"].status is Status.SUCCESS
+    assert steps["tool"].status is Status.FAILED
+    assert steps["tool"].message.startswith("no Dask worker joined within 3 s: batch job ")
+    assert "PENDING" in steps["tool"].message, steps["tool"].message
+    assert _squeue() <= before  # its batch job went with the pool
+
+
+def test_cancelling_a_job_whose_pool_waits_in_the_queue(
+    slurm, tmp_path, xrf_scan, lims, client, monkeypatch
+):
+    """A step waits for its pool's batch job, pending in Slurm; the job is cancelled: it ends
+    at once (not at the start timeout), the step failing with the cancel, the batch job gone."""
+    from launch_helpers import Background, wait_for
+
+    from hpcproc.cancel import request_cancel
+
+    _pending_pool(tmp_path, monkeypatch, start_timeout=600)
+    before = _squeue()
+    recipe = load_recipe_text(_two_pool_recipe(cluster="later"))
+    job = Background(lambda: run_job(recipe, xrf_scan, {}, lims=lims, client=client))
+    pending = wait_for("the pool's batch job", lambda: _squeue() - before, 120)
+    job_id = lims.jobs(1)[0].id
+    text = request_cancel(lims, job_id, "tester", "queue too long")
+    outcome = job.result(60)  # far less than the 600 s start timeout
+    steps = {s.step_id: s for s in lims.job(outcome.job_id).steps}
+    assert steps["windows"].status is Status.SUCCESS
+    assert (steps["tool"].status, steps["tool"].message) == (Status.FAILED, text)
+    assert not pending & _squeue()
+
+
 def test_steps_of_one_job_on_a_local_cluster_and_on_grid_engine(
     sge, tmp_path, xrf_scan, lims, client, monkeypatch
 ):

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hpcproc.config import home
+from hpcproc.dispatch.stop import Stop, Stopped
 from hpcproc.errors import HpcprocError, InputError
 from hpcproc.units import seconds, size_bytes
 
@@ -390,13 +391,23 @@ def _qacct(job_id: str) -> JobState | None:
     return JobState(job_id, state, code, fields.get("hostname", ""), reason)
 
 
-def wait_for_first_worker(client: Any, kind: str, cluster: Any, timeout: float) -> float:
-    """Seconds until a worker joined; HpcprocError saying why none did (e.g. still pending)."""
+def wait_for_first_worker(
+    client: Any, kind: str, cluster: Any, timeout: float, stop: Stop | None = None
+) -> float:
+    """Seconds until a worker joined; HpcprocError saying why none did (e.g. still pending),
+    or Stopped as soon as ``stop`` is requested (batch jobs can wait long in a queue)."""
     started = time.monotonic()
-    try:
-        client.wait_for_workers(1, timeout=timeout)
-    except TimeoutError:
-        states = job_states(kind, batch_jobs(cluster).values())
-        said = "; ".join(s.describe() for s in states.values()) or "no batch job was submitted"
-        raise HpcprocError(f"no Dask worker joined within {timeout:g} s: {said}") from None
-    return time.monotonic() - started
+    deadline = started + timeout
+    while True:
+        try:
+            client.wait_for_workers(1, timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            return time.monotonic() - started
+        except TimeoutError:
+            pass
+        if stop is not None and stop.reason is not None:
+            raise Stopped(stop.reason)
+        if time.monotonic() >= deadline:
+            break
+    states = job_states(kind, batch_jobs(cluster).values())
+    said = "; ".join(s.describe() for s in states.values()) or "no batch job was submitted"
+    raise HpcprocError(f"no Dask worker joined within {timeout:g} s: {said}")

@@ -20,6 +20,7 @@ from distributed import Client, LocalCluster
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hpcproc.dispatch.batch import BatchSpec, check, make_cluster, wait_for_first_worker
+from hpcproc.dispatch.stop import Stop
 from hpcproc.errors import InputError
 from hpcproc.recipes.loader import load_model
 from hpcproc.shipped import shipped_dir
@@ -80,8 +81,9 @@ def load_profile(name_or_path: str) -> ClusterProfile:
 
 
 @contextmanager
-def open_client(profile: ClusterProfile) -> Iterator[Client]:
-    """A client on the profile's cluster, closed (with its cluster) on exit."""
+def open_client(profile: ClusterProfile, stop: Stop | None = None) -> Iterator[Client]:
+    """A client on the profile's cluster, closed (with its cluster) on exit. A batch cluster
+    waits for its first worker, giving up (Stopped) if ``stop`` is requested meanwhile."""
     if profile.kind == "scheduler":
         if not profile.scheduler_address:
             raise InputError(f"cluster profile {profile.name!r}: kind scheduler needs an address")
@@ -92,7 +94,8 @@ def open_client(profile: ClusterProfile) -> Iterator[Client]:
         check(profile.kind, profile.name, profile.batch)  # type: ignore[arg-type]
         cluster = make_cluster(profile.kind, profile.name, profile.batch, profile.dashboard_address)
         with cluster, Client(cluster) as client:
-            took = wait_for_first_worker(client, profile.kind, cluster, profile.batch.start_timeout)
+            timeout = profile.batch.start_timeout
+            took = wait_for_first_worker(client, profile.kind, cluster, timeout, stop)
             log.info("%s: first worker after %.1f s", profile.name, took)
             yield client
         return

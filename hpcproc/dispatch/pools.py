@@ -8,12 +8,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ExitStack
+from functools import partial
 from typing import Any
 
 from distributed import Client
 
 from hpcproc.dispatch.clusters import ClusterProfile, open_client
 from hpcproc.dispatch.ledger import BatchLedger
+from hpcproc.dispatch.stop import Stop
 
 
 class ClientPool:
@@ -22,12 +24,14 @@ class ClientPool:
         default: Client,
         profiles: Mapping[str, ClusterProfile] | None = None,
         default_profile: ClusterProfile | None = None,
-        opener: Callable[[ClusterProfile], AbstractContextManager[Client]] = open_client,
+        opener: Callable[[ClusterProfile], AbstractContextManager[Client]] | None = None,
+        stop: Stop | None = None,
     ) -> None:
+        """``stop``: a pool still waiting for its first worker gives up when it is requested."""
         self.default = default
         self.profiles = dict(profiles or {})
         self._default_key = default_profile.model_dump_json() if default_profile else None
-        self._opener = opener
+        self._opener = opener or partial(open_client, stop=stop)
         self._clients: dict[str, Client] = {}
         self._ledgers: dict[int, BatchLedger] = {}
         self._stack = ExitStack()

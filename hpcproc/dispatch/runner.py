@@ -28,6 +28,7 @@ from hpcproc.dispatch.pools import ClientPool
 from hpcproc.dispatch.stop import Stop
 from hpcproc.dispatch.task_runner import TaskRunner
 from hpcproc.dispatch.worker import StepTask, process_batch, step_outputs
+from hpcproc.errors import HpcprocError
 from hpcproc.nexus.follow import ScanFollower
 from hpcproc.nexus.processed import ProcessedFile
 from hpcproc.progress import Progress
@@ -199,7 +200,14 @@ class Dispatcher:
         provenance: Mapping[str, Mapping[str, Any]],
     ) -> dict[str, Status]:
         # A wave's live steps share one cluster (sizing checks it): the first step's.
-        self.client = self.pool.for_step(steps[0].id)
+        try:
+            self.client = self.pool.for_step(steps[0].id)
+        except HpcprocError as exc:  # its pool never started (or the job was stopped)
+            failed = {}
+            for s in steps:
+                open_step(out, s, provenance, [])
+                failed[s.id] = self._fail(out, s.id, str(exc))
+            return failed
         runs, result = self._start(plan, steps, out, provenance)
         if not runs:
             return result

@@ -14,7 +14,13 @@ import logging
 import threading
 from pathlib import Path
 
+from hpcproc.errors import HpcprocError
+
 log = logging.getLogger(__name__)
+
+
+class Stopped(HpcprocError):
+    """A wait given up because the job was asked to stop (the message is the request)."""
 
 
 def stop_file(processed: Path) -> Path:

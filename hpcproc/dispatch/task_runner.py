@@ -25,6 +25,7 @@ from hpcproc.dispatch.plan import JobPlan, PlannedStep
 from hpcproc.dispatch.pools import ClientPool
 from hpcproc.dispatch.stop import Stop
 from hpcproc.dispatch.worker import StepTask, task_finish, task_part, task_plan
+from hpcproc.errors import HpcprocError
 from hpcproc.nexus.processed import ProcessedFile
 from hpcproc.progress import Progress
 from hpcproc.status import Status
@@ -86,7 +87,11 @@ class TaskRunner:
         # as_completed loop must share a client).
         groups: dict[int, tuple[Client, dict[str, _Task]]] = {}
         for sid, t in tasks.items():
-            client = self.pool.for_step(sid)
+            try:
+                client = self.pool.for_step(sid)
+            except HpcprocError as exc:  # its pool never started (or the job was stopped)
+                t.error = str(exc)
+                continue
             groups.setdefault(id(client), (client, {}))[1][sid] = t
         with out.suspended():
             for client, group in groups.values():
