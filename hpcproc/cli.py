@@ -13,7 +13,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from hpcproc import __version__, config
 from hpcproc.errors import HpcprocError, InputError
@@ -684,14 +684,18 @@ def status(
             limit=limit,
         )
         if as_json:
-            out.print_json(data=[_plain(j.summary()) | {"visit": j.visit} for j in found])
+            rows = [
+                _plain(j.summary()) | {"visit": j.visit, "cancelled": j.cancelled} for j in found
+            ]
+            out.print_json(data=rows)
             return
-        table = Table("job", "recipe", "status", "steps", "created", "visit", "scan")
+        status_column = Column("status", no_wrap=True)
+        table = Table("job", "recipe", status_column, "steps", "created", "visit", "scan")
         for j in found:
             table.add_row(
                 str(j.id),
                 j.recipe,
-                str(j.status),
+                f"{j.status} (cancelled)" if j.cancelled else str(j.status),
                 str(j.n_steps),
                 f"{j.created:%Y-%m-%d %H:%M:%S}" if j.created else "",
                 j.visit or "",

@@ -206,6 +206,9 @@ def test_cli_cancel_of_a_job_no_process_runs(cli, sim_scan) -> None:
         assert r.exit_code == 1 and f"job {job_id} is cancelled by" in r.output
         r = cli("status", str(job_id), "--json")
         assert json.loads(r.output)["status"] == "skipped"
+        r = cli("status", "--json")  # the job list says which were cancelled
+        assert [(j["id"], j["cancelled"]) for j in json.loads(r.output)] == [(job_id, True)]
+        assert "(cancelled)" in cli("status").output
     finally:
         db.close()
 

@@ -357,6 +357,8 @@ def test_users_of_the_visit_cancel_jobs(api):
     text = r.json()["cancelled"]
     assert text.startswith("cancelled by alice at ") and text.endswith(": wrong sample")
     assert api.get(f"/api/jobs/{job_id}").json()["cancelled"] == text
+    listed = {j["id"]: j["cancelled"] for j in api.get("/api/visits/cm12345-1/jobs").json()}
+    assert listed[job_id] is True
     r = api.post(f"/api/jobs/{job_id}/cancel", {}, "staff")
     assert r.status_code == 409 and r.json()["detail"] == f"job {job_id} is {text}"
     # The web service's own runner starts it: it sees the cancel and runs nothing.

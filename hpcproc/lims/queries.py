@@ -35,6 +35,7 @@ from sqlalchemy import (
     Select,
     and_,
     case,
+    exists,
     func,
     literal,
     or_,
@@ -43,6 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from hpcproc.errors import LimsError
+from hpcproc.job_keys import CANCEL
 from hpcproc.lims.adapter import Lims, _naive, _scan_file
 from hpcproc.lims.records import JobSummary, overall_status
 from hpcproc.status import Status
@@ -85,6 +87,7 @@ class JobListing:
     title: str  # DataCollection.comments: the scan's title and command
     display_name: str = ""
     automatic: bool = False
+    cancelled: bool = False  # someone cancelled it (hpcproc.cancel)
 
     def summary(self) -> JobSummary:
         """The same job as a line of :meth:`Lims.jobs`."""
@@ -207,7 +210,18 @@ def _status_sql(agg: Any) -> Any:
     )
 
 
+# Whether the job was cancelled (hpcproc.cancel): a column of the listing, not a query more.
+_CANCELLED = (
+    exists()
+    .where(
+        isp.ProcessingJobParameter.processingJobId == _PJ.processingJobId,
+        isp.ProcessingJobParameter.parameterKey == CANCEL,
+    )
+    .label("cancelled")
+)
+
 _JOB_COLUMNS = (
+    _CANCELLED,
     _PJ.processingJobId,
     _PJ.recipe,
     _PJ.displayName,
@@ -259,6 +273,7 @@ def _listing(row: Any, counts: dict[Status, int], last: tuple[Any, Any]) -> JobL
         title=row.comments or "",
         display_name=row.displayName or "",
         automatic=bool(row.automatic),
+        cancelled=bool(row.cancelled),
     )
 
 

@@ -231,6 +231,7 @@ def listing_json(row: JobListing, root: str = "") -> dict[str, Any]:
         "experiment_type": row.experiment_type,
         "title": row.title,
         "automatic": row.automatic,
+        "cancelled": row.cancelled,
         "url": f"{root}/jobs/{row.id}",
     }
 

@@ -36,6 +36,12 @@ const ROOT = document.body.dataset.root || "";
     const span = document.createElement("span");
     setStatus(span, job.status);
     st.appendChild(span);
+    if (job.cancelled) {
+      const note = document.createElement("small");
+      note.className = "cancelled";
+      note.textContent = " cancelled";
+      st.appendChild(note);
+    }
     tr.appendChild(st);
     return tr;
   }
