@@ -221,6 +221,7 @@ def _print_outcomes(outcomes: Sequence[Any], as_json: bool) -> None:
                     "scan": str(o.scan),
                     "processed": str(o.processed),
                     "steps": dict(o.steps),
+                    "cancelled": o.cancelled,
                 }
                 for o in outcomes
             ]
@@ -228,8 +229,9 @@ def _print_outcomes(outcomes: Sequence[Any], as_json: bool) -> None:
         return
     for o in outcomes:  # plain lines, never truncated: paths are meant to be copied
         colour = "green" if o.status == "success" else "red"
+        said = f"{o.status} ({o.cancelled})" if o.cancelled else o.status
         out.print(
-            f"job {o.job_id} {o.recipe}: [{colour}]{o.status}[/] -> {o.processed}",
+            f"job {o.job_id} {o.recipe}: [{colour}]{said}[/] -> {o.processed}",
             highlight=False,
             soft_wrap=True,
         )

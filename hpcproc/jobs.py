@@ -43,6 +43,7 @@ class JobOutcome:
     scan: Path
     processed: Path
     steps: dict[str, Status]
+    cancelled: str | None = None  # "cancelled by <user> at <time>[: <reason>]" if it was
 
     @property
     def status(self) -> Status:
@@ -281,7 +282,7 @@ def execute_plan(
     finally:
         stop.close()
         pool.close()  # the job's extra worker pools (and their batch jobs) go with it
-    return JobOutcome(job.job_id, recipe.name, scan.path, out_path, statuses)
+    return JobOutcome(job.job_id, recipe.name, scan.path, out_path, statuses, stop.reason)
 
 
 def run_plan(
@@ -333,10 +334,11 @@ def job_notice(
     if message and not steps:
         steps = {"job": (Status.FAILED.value, message)}
     scan = plan.scan
+    cancelled = outcome is not None and outcome.cancelled is not None
     return JobNotice(
         job_id=job_id,
         recipe=plan.recipe.name,
-        status=status.value,
+        status="cancelled" if cancelled else status.value,
         scan_file=scan.path,
         scan_id=scan.scan_id,
         beamline=scan.beamline,

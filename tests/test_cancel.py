@@ -19,7 +19,7 @@ import pytest
 from hpcproc.cancel import cancel_of, request_cancel
 from hpcproc.dispatch.stop import Stop, stop_file
 from hpcproc.errors import ConflictError
-from hpcproc.jobs import execute_plan, prepare, record_plan, run_job
+from hpcproc.jobs import execute_plan, job_notice, prepare, record_plan, run_job
 from hpcproc.lims import Lims
 from hpcproc.processes import stop_requested, wait
 from hpcproc.recipes import load_recipe_text
@@ -142,7 +142,10 @@ def test_cancelled_program_is_killed_and_its_logs_kept(client, lims: Lims, sim_s
     finally:
         other.close()
     outcome = job.result(60)
-    assert outcome.steps == {"tool": Status.FAILED}
+    assert outcome.steps == {"tool": Status.FAILED} and outcome.cancelled == text
+    notice = job_notice(lims, prepare(recipe, sim_scan.path, {}), job_id, outcome)
+    assert notice.status == "cancelled" and notice.subject().endswith(f"job {job_id} cancelled")
+    assert notice.steps["tool"] == ("failed", f"{text}; 'python' killed")
     (step,) = lims.job(job_id).steps
     assert step.message == f"{text}; 'python' killed"
     wait_for("the program to be gone", lambda: not _alive(pid), 10)

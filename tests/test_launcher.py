@@ -586,3 +586,47 @@ def test_a_recipe_that_needs_approval_waits_for_staff(tmp_path: Path, client: An
     assert outcome.status is Status.SUCCESS and record.status is Status.SUCCESS
     assert approval_of(record).text.startswith("approved by admin at ")
     assert len(record.steps) == 1  # the recorded steps ran: none added
+
+
+def test_a_cancelled_job_says_so_in_its_feedback(tmp_path: Path, client: Any) -> None:
+    """Cancelled mid-scan: the job's feedback (and notification) says cancelled, by whom and
+    why, so acquisition can tell it from a failure; the launcher's state says failed."""
+    from hpcproc.cancel import request_cancel
+    from hpcproc.recipes import find_recipe
+
+    heard: list[tuple[str, dict[str, Any]]] = []
+
+    class Heard:
+        def publish(self, kind: str, message: dict[str, Any]) -> None:
+            heard.append((kind, message))
+
+        def close(self) -> None:
+            pass
+
+    def ended() -> list[dict[str, Any]]:
+        return [m for kind, m in heard if kind == "job" and m.get("status") != "running"]
+
+    writer, scan = start_writer(
+        tmp_path / "data", "--map", "20x24", "--rate", "8", "--no-xrd", "--scan-number", "41"
+    )
+    try:
+        with Lims(f"sqlite:///{tmp_path / 'lims.sqlite'}") as lims:
+            state = LauncherState(tmp_path / "s.sqlite")
+            recipes = [find_recipe("xrf-map")]
+            launcher = Launcher(
+                lims=lims, client=client, state=state, recipes=lambda: recipes, feedback=Heard()
+            )
+            launcher.handle_message(json.dumps(gda("i18-000041", "RUNNING", scan)).encode(), {})
+            wait_for("points processed", lambda: any(k == "progress" for k, _ in heard), 60)
+            (job,) = lims.jobs()
+            text = request_cancel(lims, job.id, "beamline", "wrong sample")
+            (done,) = wait_for("the job's end", ended, 60)
+            assert done["status"] == "failed" and done["cancelled"] == text
+            assert done["job_id"] == job.id and done["steps"] == {"windows": "failed"}
+            assert writer.poll() is None  # the scan goes on: only the processing stopped
+            assert launcher.shutdown(10)
+            assert launcher.state.counts() == {"failed": 1}
+            launcher.state.close()
+    finally:
+        writer.kill()
+        writer.wait()

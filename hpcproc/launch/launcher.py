@@ -266,6 +266,7 @@ class Launcher:
                 **base,
                 "status": status.value,
                 "message": message,
+                "cancelled": outcome.cancelled if outcome else None,
                 "processed_file": processed,
                 "steps": {sid: st.value for sid, st in (outcome.steps if outcome else {}).items()},
             },
