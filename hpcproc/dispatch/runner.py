@@ -141,6 +141,17 @@ class Dispatcher:
         out.finish_step(s.id, "skipped", why)
         return Status.SKIPPED
 
+    def _fail_unstarted(
+        self,
+        out: ProcessedFile,
+        s: PlannedStep,
+        provenance: Mapping[str, Mapping[str, Any]],
+        message: str,
+    ) -> Status:
+        """A step that failed before it produced anything: its NXprocess, with the reason."""
+        open_step(out, s, provenance, [])
+        return self._fail(out, s.id, message)
+
     def _fail(self, out: ProcessedFile, sid: str, message: str) -> Status:
         out.finish_step(sid, "failed", message)
         self.observer.step_status(sid, Status.FAILED, message)
@@ -160,10 +171,8 @@ class Dispatcher:
         n_workers = max(1, len(workers))
         for s in steps:
             if not issubclass(s.cls, FrameStep):
-                open_step(out, s, provenance, [])
-                result[s.id] = self._fail(
-                    out, s.id, f"step type {s.spec.uses} cannot run in this version"
-                )
+                why = f"step type {s.spec.uses} cannot run in this version"
+                result[s.id] = self._fail_unstarted(out, s, provenance, why)
                 continue
             self.observer.step_status(s.id, Status.RUNNING)
             task = StepTask(s.spec.uses, json.dumps(s.params.model_dump(mode="json")), plan.scan)
@@ -179,8 +188,7 @@ class Dispatcher:
             try:
                 specs = self.client.gather(futs)[0]
             except Exception as exc:  # the step could not even be built: bad geometry etc.
-                open_step(out, s, provenance, [])
-                result[sid] = self._fail(out, sid, reason(exc))
+                result[sid] = self._fail_unstarted(out, s, provenance, reason(exc))
                 continue
             open_step(out, s, provenance, specs)
             info = plan.scan.datasets[str(getattr(s.params, s.cls.source))]
@@ -203,11 +211,7 @@ class Dispatcher:
         try:
             self.client = self.pool.for_step(steps[0].id)
         except HpcprocError as exc:  # its pool never started (or the job was stopped)
-            failed = {}
-            for s in steps:
-                open_step(out, s, provenance, [])
-                failed[s.id] = self._fail(out, s.id, str(exc))
-            return failed
+            return {s.id: self._fail_unstarted(out, s, provenance, str(exc)) for s in steps}
         runs, result = self._start(plan, steps, out, provenance)
         if not runs:
             return result
