@@ -53,7 +53,7 @@ from sqlalchemy import (
 from benchmarks.common import Result
 from hpcproc.lims import Lims
 from hpcproc.lims.outbox import DurableLims
-from hpcproc.nexus.scan import ScanInfo
+from hpcproc.scaninfo import ScanInfo
 from hpcproc.status import Status
 
 GOAL = 500.0  # committed status writes per second (issue 5)

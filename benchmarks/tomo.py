@@ -29,8 +29,8 @@ from threadpoolctl import threadpool_limits
 
 from benchmarks.common import Result, local_client
 from hpcproc.dispatch.worker import StepTask, task_part, task_plan
-from hpcproc.nexus.scan import ScanInfo
 from hpcproc.nexus.xrdct_sim import XrdCtConfig, phase_maps, projections
+from hpcproc.scaninfo import ScanInfo
 from hpcproc.steps.base import StepContext
 from hpcproc.steps.tomo_reconstruct import (
     TomoReconstruct,

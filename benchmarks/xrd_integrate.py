@@ -10,8 +10,8 @@ from threadpoolctl import threadpool_limits
 
 from benchmarks.common import Result, best_rate
 from benchmarks.harness import job_rate
+from hpcproc.formats import read_scan_info
 from hpcproc.nexus.frames import FrameReader
-from hpcproc.nexus.scan import read_scan_info
 from hpcproc.nexus.simulator import SimulationConfig, simulate_scan
 from hpcproc.steps.xrd_integrate import XrdIntegrate
 

@@ -179,6 +179,20 @@ def _simulate(
 
 
 # ---------------------------------------------------------------- run
+def _scan_options(f: Any) -> Any:
+    """What a person may say of a scan file over what it says of itself."""
+    f = click.option(
+        "--beamline", help="The scan's beamline, where the file has none (or a wrong one)."
+    )(f)
+    f = click.option(
+        "--visit", help="The scan's visit (cm12345-1), where the file has none or 'DEFAULT'."
+    )(f)
+    return click.option(
+        "--layout",
+        help="The file's layout (diamond, gda, nxtomo, dxchange, nexus), instead of detecting it.",
+    )(f)
+
+
 def _run(
     ctx: click.Context,
     recipes: Sequence[str],
@@ -187,6 +201,7 @@ def _run(
     cluster: str,
     wait: float = 0.0,
     notify: str | None = None,
+    said: dict[str, str | None] | None = None,
 ):
     from hpcproc.dispatch.clusters import load_profile, open_client
     from hpcproc.jobs import job_notice, prepare, run_plan
@@ -194,7 +209,17 @@ def _run(
     from hpcproc.recipes import find_recipe
 
     # Every check before the cluster starts: a mistake costs a second, not a cluster start-up.
-    plans = [prepare(find_recipe(r), scan, params, wait) for r in recipes]
+    plans = [prepare(find_recipe(r), scan, params, wait, **(said or {})) for r in recipes]
+    for warning in plans[0].scan.warnings if plans else ():
+        console.print(f"warning: {plans[0].scan.path.name}: {warning}", highlight=False)
+    for plan in plans:
+        rule = plan.recipe.applies_to.beamlines
+        if rule and plan.scan.beamline not in rule:  # asked for by name: said, not refused
+            console.print(
+                f"warning: recipe {plan.recipe.name} is for beamlines {', '.join(rule)}, "
+                f"the scan is from {plan.scan.beamline}",
+                highlight=False,
+            )
     profile = load_profile(cluster)
     notifiers = notifiers_from_spec(notify)
     outcomes = []
@@ -255,6 +280,7 @@ def _print_outcomes(outcomes: Sequence[Any], as_json: bool) -> None:
     envvar="HPCPROC_NOTIFY",
     help="Tell people when the job ends: log,smtp://host:port?from=..&to=.. (default: log).",
 )
+@_scan_options
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -265,12 +291,77 @@ def run(
     as_json: bool,
     wait: float,
     notify: str | None,
+    layout: str | None,
+    visit: str | None,
+    beamline: str | None,
 ) -> None:
     """Run RECIPE (a name or a .yaml file) on the scan file SCAN (finished, or being written:
-    then it is followed until its end-of-scan marker)."""
-    outcomes = _run(ctx, [recipe], scan, _params(params), cluster, wait, notify)
+    then it is followed until its end-of-scan marker). SCAN may be a NeXus/HDF5 file, a
+    detector image (TIFF, CBF, EDF, ...; 'frames_*.tif' for a numbered series) or an XDI or
+    column file."""
+    said = {"layout": layout, "visit": visit, "beamline": beamline}
+    outcomes = _run(ctx, [recipe], scan, _params(params), cluster, wait, notify, said)
     _print_outcomes(outcomes, as_json)
     sys.exit(0 if all(o.status == "success" for o in outcomes) else 1)
+
+
+# ---------------------------------------------------------------- inspect
+@main.command()
+@click.argument("scan", type=click.Path(path_type=Path))
+@click.option("--layout", help="Read the file with this layout instead of detecting one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--all", "show_all", is_flag=True, help="List every dataset (default: 40).")
+def inspect(scan: Path, layout: str | None, as_json: bool, show_all: bool) -> None:
+    """What hpcproc reads in the file SCAN: format, layout, scan shape and axes, roles,
+    datasets (shape, dtype, compression, links), links to files not there, and which recipes
+    apply (and why not)."""
+    from hpcproc.inspection import inspect_scan
+
+    r = inspect_scan(scan, layout)
+    if as_json:
+        out.print_json(data=r)
+        return
+    say = lambda text: out.print(text, highlight=False, soft_wrap=True)  # noqa: E731
+    say(f"{r['file']}")
+    say(
+        f"  format {r['format']}, layout {r['layout']}; scan {r['scan_id']}, beamline "
+        f"{r['beamline']}, visit {r['visit'] or '(local)'}, "
+        f"{'finished' if r['finished'] else 'not finished'}"
+    )
+    shape = " x ".join(map(str, r["shape"]))
+    say(f"  shape {shape} ({', '.join(r['axes'])})")
+    for axis, span in r["axis_ranges"].items():
+        if span:
+            say(f"    {axis}: {span[0]:g} .. {span[1]:g} {span[2]}".rstrip())
+    say("  roles:")
+    for role, path in r["roles"].items():
+        say(f"    {role:12} {path}")
+    datasets = list(r["datasets"].items())
+    say(f"  datasets ({len(datasets)}):")
+    for path, d in datasets if show_all else datasets[:40]:
+        extra = ", ".join(
+            x for x in (d["compression"], f"-> {d['link']}" if d["link"] else None) if x
+        )
+        say(f"    {path}  {tuple(d['shape'])} {d['dtype']}" + (f"  [{extra}]" if extra else ""))
+    if len(datasets) > 40 and not show_all:
+        say(f"    ... {len(datasets) - 40} more (--all)")
+    if r["missing_links"]:
+        say(f"  links to files not there ({len(r['missing_links'])}):")
+        for path, target in r["missing_links"].items():
+            say(f"    {path} -> {target}")
+    for w in r["warnings"]:
+        say(f"  warning: {w}")
+    say("  recipes:")
+    for name, fit in r["recipes"].items():
+        if fit["applies"] and not fit["has_rule"]:
+            state = "runs when named (no applies_to rule: never chosen by default)"
+        elif fit["applies"]:
+            state = "applies"
+        elif fit["runs_by_name"] is True:
+            state = "runs when named (" + "; ".join(fit["why_not"]) + ")"
+        else:
+            state = f"cannot run: {fit['runs_by_name']}"
+        say(f"    {name:14} {state}")
 
 
 # ---------------------------------------------------------------- reprocess

@@ -22,10 +22,10 @@ from hpcproc.dispatch.runner import Dispatcher
 from hpcproc.dispatch.sizing import sized_steps
 from hpcproc.dispatch.stop import Stop, stop_file
 from hpcproc.errors import HpcprocError, ScanError
+from hpcproc.formats import read_scan_info
 from hpcproc.job_keys import APPROVAL, AWAITING, REPROCESS_OF
 from hpcproc.lims import Lims
 from hpcproc.nexus.processed import ProcessedFile
-from hpcproc.nexus.scan import read_scan_info
 from hpcproc.notify import JobNotice
 from hpcproc.progress import Progress
 from hpcproc.recipes import Recipe
@@ -158,9 +158,16 @@ def _provenance(
             "recipe_file": str(recipe.source) if recipe.source else None,
             "recipe_parameters": plan.parameters,
             "input_file": str(scan.path),
-            "input_datasets": [str(getattr(s.params, s.cls.source))]
-            if hasattr(s.cls, "source")
-            else [],
+            "input_format": scan.format,
+            "input_layout": scan.layout,
+            "input_warnings": list(scan.warnings),
+            "input_datasets": sorted(
+                {
+                    v
+                    for k in (*s.cls.inputs, *s.cls.roles)
+                    if isinstance(v := getattr(s.params, k, None), str) and v.startswith("/")
+                }
+            ),
             "scan_id": scan.scan_id,
             "visit": scan.visit,
             "needs": list(s.spec.needs),
@@ -176,15 +183,23 @@ def _provenance(
 
 
 def prepare(
-    recipe: Recipe, scan_path: Path, overrides: Mapping[str, Any], wait: float = 0.0
+    recipe: Recipe,
+    scan_path: Path,
+    overrides: Mapping[str, Any],
+    wait: float = 0.0,
+    *,
+    layout: str | None = None,
+    visit: str | None = None,
+    beamline: str | None = None,
 ) -> JobPlan:
     """Read the scan and check everything the job needs; no side effects (InputError if bad).
     ``wait`` seconds for a scan file that is not there (or not readable) yet: a detector's
-    writer may start after the processing was asked for."""
+    writer may start after the processing was asked for. ``layout``, ``visit``, ``beamline``:
+    what a person said of the file (see :func:`hpcproc.formats.read_scan_info`)."""
     deadline = time.monotonic() + wait
     while True:
         try:
-            scan = read_scan_info(Path(scan_path))
+            scan = read_scan_info(Path(scan_path), layout, visit=visit, beamline=beamline)
             break
         except ScanError:
             if time.monotonic() >= deadline:

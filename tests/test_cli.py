@@ -163,7 +163,7 @@ def test_simulate_live_writes_a_finished_swmr_scan(cli, tmp_path):
     )
     assert result.exit_code == 0, result.output
     path = Path(result.stdout.strip().splitlines()[-1])
-    from hpcproc.nexus.scan import read_scan_info
+    from hpcproc.formats import read_scan_info
 
     info = read_scan_info(path)
     assert info.finished and info.shape == (2, 3)

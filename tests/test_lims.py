@@ -28,7 +28,7 @@ from hpcproc.lims import (
     parse_visit,
 )
 from hpcproc.lims.adapter import decode_parameter, encode_parameter, schema_tables
-from hpcproc.nexus.scan import ScanInfo
+from hpcproc.scaninfo import ScanInfo
 from hpcproc.status import Status
 
 MARIADB_SERVER = os.environ.get(

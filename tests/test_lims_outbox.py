@@ -25,7 +25,7 @@ from test_lims import MARIADB_SERVER, T0, make_scan
 
 from hpcproc.errors import LimsError
 from hpcproc.lims.outbox import DurableLims, _decode, _encode
-from hpcproc.nexus.scan import DatasetInfo, ScanInfo
+from hpcproc.scaninfo import DatasetInfo, ScanInfo
 from hpcproc.status import Status
 
 FAST = (0.02, 0.2)  # back-off for tests: retry quickly

@@ -30,7 +30,7 @@ from hpcproc.lims.queries import (
     visit_jobs,
 )
 from hpcproc.lims.schema_check import REQUIRED, SchemaError
-from hpcproc.nexus.scan import ScanInfo
+from hpcproc.scaninfo import ScanInfo
 from hpcproc.status import Status
 
 SECRET = "s3cr3t-Pw_" + uuid.uuid4().hex[:8]

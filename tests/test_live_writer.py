@@ -17,8 +17,8 @@ import hdf5plugin  # noqa: F401  (Blosc filter for plain h5py reads)
 import numpy as np
 import pytest
 
+from hpcproc.formats import read_scan_info
 from hpcproc.nexus.live_writer import LiveConfig, LiveScanWriter, main, write_live_scan
-from hpcproc.nexus.scan import read_scan_info
 from hpcproc.nexus.simulator import SimulationConfig, simulate_scan
 
 EXC = "/entry/instrument/excalibur/data"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hpcproc.nexus.processed import ProcessedFile
-from hpcproc.nexus.scan import ScanInfo
+from hpcproc.scaninfo import ScanInfo
 from hpcproc.steps.base import Axis, Output
 
 

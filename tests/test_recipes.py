@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from hpcproc.errors import InputError, RecipeError
-from hpcproc.nexus.scan import DatasetInfo, ScanInfo
 from hpcproc.recipes import (
     Recipe,
     StepSpec,
@@ -17,6 +16,7 @@ from hpcproc.recipes import (
     load_recipe_text,
     recipe_dirs,
 )
+from hpcproc.scaninfo import DatasetInfo, ScanInfo
 
 SHIPPED = Path(__file__).resolve().parents[1] / "recipes"
 EXCALIBUR = "/entry/instrument/excalibur/data"
@@ -59,6 +59,10 @@ def assert_error(text: str, where: tuple[int, int], phrase: str) -> RecipeError:
     return e
 
 
+from hpcproc.dispatch.plan import with_roles  # noqa: E402
+from hpcproc.steps.xrd_integrate import XrdIntegrate  # noqa: E402
+
+
 def make_scan(**kw: object) -> ScanInfo:
     values: dict[str, object] = {
         "path": Path("/data/i18/cm1-1/i18-000042.nxs"),
@@ -76,6 +80,7 @@ def make_scan(**kw: object) -> ScanInfo:
         "finished": False,
         "datasets": {EXCALIBUR: DatasetInfo(EXCALIBUR, (6, 8, 8), "uint16")},
         "nx_classes": frozenset({"NXentry", "NXdetector"}),
+        "roles": {"frames": EXCALIBUR},
     }
     values.update(kw)
     return ScanInfo(**values)  # type: ignore[arg-type]
@@ -110,9 +115,10 @@ def test_shipped_recipes_load(name: str) -> None:
 
 def test_xrd_map_contents() -> None:
     r = find_recipe("xrd-map")
-    assert list(r.parameters) == ["poni", "npt", "unit", "method", "cake", "flip"]
+    assert list(r.parameters) == ["poni", "npt", "unit", "method", "cake", "flip", "frames", "mask"]
     assert r.parameters["npt"].minimum == 100 and r.parameters["npt"].maximum == 20000
-    assert r.parameters["flip"].values == ["none", "ud", "lr", "udlr"]
+    assert r.parameters["flip"].values == ["auto", "none", "ud", "lr", "udlr"]
+    assert r.parameters["flip"].default == "auto"
     (step,) = r.steps
     assert (step.id, step.uses, step.phase, step.resources.retries) == (
         "integrate",
@@ -120,15 +126,15 @@ def test_xrd_map_contents() -> None:
         "live",
         1,
     )
-    assert step.with_["frames"] == EXCALIBUR
-    assert r.applies_to.nexus.requires == [EXCALIBUR]
+    assert step.with_["frames"] == "{frames}"  # empty: the dataset the layout found
+    assert r.applies_to.nexus.requires == ["frames"]
 
 
 def test_xrf_map_contents() -> None:
     r = find_recipe("xrf-map")
     assert r.parameters["elements"].default == ["Fe-Ka", "Co-Ka", "Ni-Ka", "Cu-Ka", "Zn-Ka"]
     assert r.parameters["window_width"].default == 40
-    assert r.steps[0].with_["mca"] == "/entry/instrument/xspress3/data"
+    assert r.steps[0].with_["mca"] == "{mca}"
 
 
 def test_find_and_list_recipes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -410,7 +416,9 @@ def test_list_default_item_of_wrong_type() -> None:
 
 def test_default_placeholder_must_be_a_scan_field() -> None:
     text = GOOD.replace("  sample:", '  poni: {type: path, default: "{npt}.poni"}\n  sample:')
-    assert_error(text, at(text, '"{npt}'), "a default can only use {scan.*} placeholders")
+    assert_error(
+        text, at(text, '"{npt}'), "a default can only use {scan.*} and {role.*} placeholders"
+    )
 
 
 def test_bad_memory_and_walltime() -> None:
@@ -511,7 +519,9 @@ def test_step_params_keep_types() -> None:
     values = r.step_params(step, r.resolve_parameters({}, scan), scan)
     assert values["npt"] == 2000 and isinstance(values["npt"], int)
     assert values["cake"] is False
-    assert values["frames"] == EXCALIBUR
+    assert values["frames"] is None  # not given: the plan takes the layout's (with_roles)
+    assert with_roles(XrdIntegrate, values, scan)["frames"] == EXCALIBUR
+    assert with_roles(XrdIntegrate, {"frames": "/x"}, scan)["frames"] == "/x"
     assert values["poni"] == "/data/i18/cm1-1/i18-000042.poni"
     x = find_recipe("xrf-map")
     values = x.step_params(x.steps[0], x.resolve_parameters({}, scan), scan)
@@ -604,11 +614,17 @@ def test_parameters_schema_validates_with_jsonschema() -> None:
 def test_applies() -> None:
     r = find_recipe("xrd-map")
     assert r.applies(make_scan()) == (True, [])
-    ok, why = r.applies(make_scan(beamline="i15-1", datasets={}))
+    ok, why = r.applies(make_scan(beamline="i15-1", datasets={}, roles={}))
     assert not ok
     assert why == [
         "beamline 'i15-1' is not one of i18",
-        f"dataset {EXCALIBUR} is missing from the scan file",
+        "layout diamond found no frames in the scan file",
+    ]
+    # a role behind a link to a file that is not there: said, with the file
+    linked = make_scan(datasets={}, missing_links={EXCALIBUR: "/data/x-excalibur.h5"})
+    ok, why = r.applies(linked)
+    assert not ok and why == [
+        f"frames: {EXCALIBUR} is an external link to /data/x-excalibur.h5, which is not there"
     ]
 
 

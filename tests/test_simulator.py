@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from hpcproc.errors import ScanError
-from hpcproc.nexus.scan import ScanInfo, read_scan_info
+from hpcproc.formats import read_scan_info
 from hpcproc.nexus.simulator import SimulatedScan, SimulationConfig, simulate_scan
+from hpcproc.scaninfo import ScanInfo
 
 EXC = "/entry/instrument/excalibur/data"
 XSP = "/entry/instrument/xspress3/data"
@@ -313,7 +314,8 @@ def test_read_scan_info_fallback_1d(tmp_path):
     assert info.axis_values["point"] == tuple(float(i) for i in range(7))
     assert info.beamline == "i18" and info.scan_id == "i18-000007"  # from the file name
     assert info.datasets["/entry/data/data"].compression == "gzip"
-    assert info.finished is False
+    assert info.finished is True  # closed, no end-of-scan marker: no writer holds it
+    assert info.layout == "nexus" and any("shape (7,)" in w for w in info.warnings)
 
 
 def test_scan_error_missing_file(tmp_path):
@@ -334,7 +336,7 @@ def test_scan_error_truncated(tmp_path):
 def test_scan_error_not_hdf5(tmp_path):
     p = tmp_path / "scan.nxs"
     p.write_text("this is not HDF5\n" * 100)
-    with pytest.raises(ScanError, match="not a readable HDF5 file"):
+    with pytest.raises(ScanError, match=r"scan.nxs: not a format hpcproc reads \(it reads: "):
         read_scan_info(p)
 
 
@@ -342,16 +344,20 @@ def test_scan_error_no_entry(tmp_path):
     p = tmp_path / "empty.nxs"
     with h5py.File(p, "w") as f:
         f["something"] = 1
-    with pytest.raises(ScanError, match="no /entry"):
+    with pytest.raises(ScanError, match="an HDF5 file of no layout hpcproc knows"):
         read_scan_info(p)
 
 
-def test_scan_error_missing_field(tmp_path):
+def test_missing_beamline_is_a_warning_not_an_error(tmp_path, monkeypatch):
     p = tmp_path / "scan.nxs"  # a name that does not carry the beamline either
     with h5py.File(p, "w") as f:
-        f.create_group("entry").create_dataset("title", data="x")
-    with pytest.raises(ScanError, match="missing field /entry/instrument/name"):
-        read_scan_info(p)
+        f.create_group("entry").create_dataset("data", data=np.zeros(5))
+    monkeypatch.delenv("HPCPROC_DEFAULT_BEAMLINE", raising=False)
+    info = read_scan_info(p)
+    assert info.beamline == "unknown" and any("no beamline" in w for w in info.warnings)
+    monkeypatch.setenv("HPCPROC_DEFAULT_BEAMLINE", "i20")
+    assert read_scan_info(p).beamline == "i20"
+    assert read_scan_info(p, beamline="b18").beamline == "b18"
 
 
 def test_scan_error_is_one_line(tmp_path):

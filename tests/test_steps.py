@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from hpcproc.errors import InputError, StepError
+from hpcproc.formats import read_scan_info
 from hpcproc.nexus.frames import FrameReader
-from hpcproc.nexus.scan import read_scan_info
 from hpcproc.steps.registry import available_steps, get_step
 from hpcproc.steps.xrd_integrate import XrdIntegrate
 from hpcproc.steps.xrf_windows import XrfWindows, line_energy

@@ -15,10 +15,10 @@ import h5py
 import numpy as np
 import pytest
 
-from hpcproc.errors import StepError
+from hpcproc.errors import InputError, StepError
+from hpcproc.formats import read_scan_info
 from hpcproc.jobs import run_job
 from hpcproc.lims import Lims
-from hpcproc.nexus.scan import read_scan_info
 from hpcproc.nexus.simulator import SimulationConfig, simulate_scan
 from hpcproc.nexus.xafs_sim import XafsConfig, simulate_xafs
 from hpcproc.recipes import find_recipe
@@ -127,10 +127,11 @@ def _failure(lims: Lims, outcome) -> str:
 def test_missing_dataset_fails_with_its_path(tmp_path, client, lims):
     scan = simulate_xafs(tmp_path, XafsConfig(fluorescence=False))  # no If
     recipe = find_recipe("xafs-b18")
-    outcome = run_job(recipe, scan.path, {"mode": "fluorescence"}, lims=lims, client=client)
-    message = _failure(lims, outcome)
-    assert "no dataset /entry/instrument/ionchambers/If (parameter i_f)" in message, message
-    assert "fluorescence" in message
+    with pytest.raises(InputError) as e:  # checked before anything is recorded or started
+        run_job(recipe, scan.path, {"mode": "fluorescence"}, lims=lims, client=client)
+    message = str(e.value)
+    assert "i_f: layout diamond found no if dataset in b18-000001.nxs" in message, message
+    assert "--param" in message
 
 
 def test_non_monotonic_energy_fails(xafs_scan, tmp_path, client, lims):

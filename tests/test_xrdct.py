@@ -12,9 +12,9 @@ from scipy.optimize import linear_sum_assignment
 from skimage.transform import radon
 from sklearn.metrics import adjusted_rand_score
 
+from hpcproc.formats import read_scan_info
 from hpcproc.jobs import run_job
 from hpcproc.lims import Lims
-from hpcproc.nexus.scan import read_scan_info
 from hpcproc.nexus.xrdct_sim import XrdCtConfig, phase_maps, projections, simulate_xrdct
 from hpcproc.recipes import find_recipe, load_recipe_text
 from hpcproc.status import Status

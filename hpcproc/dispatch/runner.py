@@ -43,6 +43,11 @@ MAX_WAIT = 0.05  # s a complete point of a live scan may wait for its batch to f
 POLL = 0.005  # s between looks at a live scan (and at finished tasks)
 
 
+def frame_count(shape: tuple[int, ...], frame_ndim: int) -> int:
+    """Frames in a dataset of ``shape``: the product of the dimensions before a frame's."""
+    return int(np.prod(shape[: len(shape) - frame_ndim], dtype=np.int64))
+
+
 def batch_size(frame_bytes: int, n_frames: int, n_workers: int, row: int) -> int:
     """Frames per task: ~BATCH_BYTES of raw data, but at least two tasks per worker; aligned
     to the scan's rows of ``row`` points (whole rows, or an even share of one), so each task's
@@ -186,16 +191,22 @@ class Dispatcher:
         runs = {}
         for sid, (s, task, futs) in described.items():
             try:
-                specs = self.client.gather(futs)[0]
+                specs, said = self.client.gather(futs)[0]
             except Exception as exc:  # the step could not even be built: bad geometry etc.
                 result[sid] = self._fail_unstarted(out, s, provenance, reason(exc))
                 continue
             open_step(out, s, provenance, specs)
+            if said.values or said.messages:
+                out.write_values(sid, said.values)
+                self.observer.step_result(sid, said)
+                for _severity, text in said.messages:
+                    log.warning("%s: %s", sid, text)
             info = plan.scan.datasets[str(getattr(s.params, s.cls.source))]
             total = plan.scan.n_points
             if plan.scan.finished:  # a scan that ended early has fewer frames than points
-                total = min(total, info.shape[0])
-            frame_bytes = int(np.prod(info.shape[1:])) * np.dtype(info.dtype).itemsize
+                total = min(total, frame_count(info.shape, s.cls.frame_ndim))
+            frame = info.shape[len(info.shape) - s.cls.frame_ndim :]
+            frame_bytes = int(np.prod(frame)) * np.dtype(info.dtype).itemsize
             size = batch_size(frame_bytes, total, n_workers, plan.scan.shape[-1])
             runs[sid] = _Run(s, task, total, size)
         return runs, result
@@ -219,7 +230,9 @@ class Dispatcher:
         if not plan.scan.finished:
             first = next(iter(runs.values())).step
             dataset = str(getattr(first.params, first.cls.source))
-            follower = ScanFollower(plan.scan.path, plan.scan.n_points, dataset)
+            follower = ScanFollower(
+                plan.scan.path, plan.scan.n_points, dataset, first.cls.frame_ndim
+            )
             out.start_swmr()  # from here on, readers may follow the processed file
         try:
             self._loop(runs, follower, out)

@@ -46,7 +46,8 @@ def estimate(step: PlannedStep, plan: JobPlan) -> tuple[int, str]:
     if issubclass(step.cls, FrameStep):
         info = plan.scan.datasets.get(str(getattr(step.params, step.cls.source)))
         if info is not None:
-            frame = int(np.prod(info.shape[1:])) * np.dtype(info.dtype).itemsize
+            dims = info.shape[len(info.shape) - step.cls.frame_ndim :]
+            frame = int(np.prod(dims)) * np.dtype(info.dtype).itemsize
             batch = max(frame, min(BATCH_BYTES, 256 * frame))
             needs.append((BASE + 3 * batch, f"batches of {gib(batch)} of frames, decoded"))
     return max(needs, default=(BASE, "a worker's own footprint"))

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from hpcproc.nexus.frames import FrameReader
-from hpcproc.nexus.scan import ScanInfo
+from hpcproc.formats import open_frames
+from hpcproc.scaninfo import ScanInfo
 from hpcproc.steps.base import FrameStep, Output, StepContext, StepResult, TaskPlan
 from hpcproc.steps.registry import get_step
 
@@ -92,16 +92,19 @@ _steps = _Lru(8)
 _sources = _Lru(8)
 
 
-def step_outputs(task: StepTask) -> list[Output]:
-    """The step's output specs (built on a worker, which also warms that worker's cache)."""
-    return _steps.get_or_make(task.key, task.build).output_specs()
+def step_outputs(task: StepTask) -> tuple[list[Output], StepResult]:
+    """The step's output specs and what it decided while being built (on a worker, which
+    also warms that worker's cache)."""
+    step: FrameStep = _steps.get_or_make(task.key, task.build)
+    said = StepResult(values=dict(step.notes), messages=[("WARNING", w) for w in step.warnings])
+    return step.output_specs(), said
 
 
 class _Source:
     """An open reader and decode buffers reused between tasks (steps copy what they keep)."""
 
-    def __init__(self, path: str, dataset: str) -> None:
-        self.reader = FrameReader(path, dataset)
+    def __init__(self, scan: ScanInfo, dataset: str, frame_ndim: int) -> None:
+        self.reader = open_frames(scan, dataset, frame_ndim)
         self.local = threading.local()  # a worker may run several tasks at once, in threads
 
     def read(self, indices: list[int]) -> np.ndarray:
@@ -122,7 +125,9 @@ def process_batch(task: StepTask, indices: list[int]) -> tuple[np.ndarray, dict[
     """Read frames ``indices`` of the step's dataset and reduce them."""
     step: FrameStep = _steps.get_or_make(task.key, task.build)
     key = (str(task.scan.path), step.dataset)
-    source: _Source = _sources.get_or_make(key, lambda: _Source(*key))
+    source: _Source = _sources.get_or_make(
+        key, lambda: _Source(task.scan, step.dataset, step.frame_ndim)
+    )
     return np.asarray(indices), step.process(source.read(indices))
 
 

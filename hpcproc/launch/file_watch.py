@@ -28,9 +28,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from hpcproc.errors import InputError, ScanError
+from hpcproc.formats import read_scan_info
 from hpcproc.launch.events import ScanEvent, ScanState
 from hpcproc.launch.source import MAX_ATTEMPTS, Sink
-from hpcproc.nexus.scan import ScanInfo, read_scan_info
+from hpcproc.scaninfo import ScanInfo
 
 log = logging.getLogger(__name__)
 

@@ -43,15 +43,16 @@ from hpcproc.cancel import cancel_of, close_open_steps
 from hpcproc.dispatch.plan import JobPlan, make_plan
 from hpcproc.dispatch.sizing import sized_steps
 from hpcproc.errors import HpcprocError, InputError, RecipeError, ScanError
+from hpcproc.formats import read_scan_info
 from hpcproc.jobs import JobOutcome, RecordedJob, execute_plan, job_notice, record_plan
 from hpcproc.launch.events import MessageError, RecipeRequest, ScanEvent, ScanState
 from hpcproc.launch.feedback import PROGRESS_EVERY, Feedback, LogFeedback
 from hpcproc.launch.messages import MessageParser
 from hpcproc.launch.state import AWAITING_APPROVAL, UNFINISHED, LauncherState, ScanRow
-from hpcproc.nexus.scan import ScanInfo, read_scan_info
 from hpcproc.notify import JobNotice, Notifiers, notifiers_from_spec
 from hpcproc.recipes import Recipe
 from hpcproc.recipes.loader import list_recipes
+from hpcproc.scaninfo import ScanInfo
 from hpcproc.status import Status
 
 log = logging.getLogger(__name__)

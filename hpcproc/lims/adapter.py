@@ -94,7 +94,7 @@ from hpcproc.lims.records import (
     overall_status,
 )
 from hpcproc.lims.schema_check import SchemaReport, ensure_schema
-from hpcproc.nexus.scan import ScanInfo
+from hpcproc.scaninfo import ScanInfo
 from hpcproc.status import Status
 
 __all__ = [

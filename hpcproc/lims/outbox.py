@@ -91,7 +91,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from hpcproc.errors import LimsError
 from hpcproc.lims.adapter import ATTACHMENT_TYPES, SEVERITIES, Lims, parse_visit
 from hpcproc.lims.records import JobRecord, JobSummary, ProgramRecord
-from hpcproc.nexus.scan import ScanInfo
+from hpcproc.scaninfo import ScanInfo
 from hpcproc.status import Status
 
 __all__ = ["DurableLims", "FailedWrite"]

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from hpcproc.errors import ScanError
-from hpcproc.nexus.scan import open_h5
+from hpcproc.formats.hdf5 import open_h5
 
 KEYS = "/entry/diamond_scan/keys/uniqueKeys"
 FINISHED = "/entry/diamond_scan/scan_finished"
@@ -22,9 +22,12 @@ FINISHED = "/entry/diamond_scan/scan_finished"
 class ScanFollower:
     """How many points of a growing scan are complete, and whether it has ended."""
 
-    def __init__(self, path: str | Path, total: int, dataset: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, total: int, dataset: str | None = None, frame_ndim: int = 2
+    ) -> None:
         self.path = Path(path)
         self.total = total
+        self.frame_ndim = frame_ndim  # the dataset's other (leading) dimensions are points
         self._file, self.swmr = open_h5(self.path)
         self._keys = self._get(KEYS)
         self._finished = self._get(FINISHED)
@@ -78,7 +81,8 @@ class ScanFollower:
         if self._keys is None:
             assert self._frames is not None
             self._frames.refresh()
-            return min(self.total, int(self._frames.shape[0]))
+            lead = self._frames.shape[: max(1, self._frames.ndim - self.frame_ndim)]
+            return min(self.total, int(np.prod(lead)))
         self._keys.refresh()
         n = min(self.total, int(self._keys.shape[0]))
         if n <= self.complete:

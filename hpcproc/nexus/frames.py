@@ -29,7 +29,7 @@ import hdf5plugin  # noqa: F401  (registers the Blosc & co. filters for the fall
 import numpy as np
 
 from hpcproc.errors import ScanError
-from hpcproc.nexus.scan import open_h5
+from hpcproc.formats.hdf5 import open_h5
 
 __all__ = ["BLOSC_FILTER_ID", "FrameReader"]
 
@@ -41,8 +41,8 @@ _BLOSC_OVERHEAD = 64  # max(cbytes - nbytes) for a valid chunk (blosc1: 16, blos
 blosc2.set_releasegil(True)
 
 
-def _is_direct(d: h5py.Dataset, frame_shape: tuple[int, ...]) -> bool:
-    if d.is_virtual or d.chunks is None or tuple(d.chunks) != (1, *frame_shape):
+def _is_direct(d: h5py.Dataset, frame_shape: tuple[int, ...], point_dims: int) -> bool:
+    if d.is_virtual or d.chunks is None or tuple(d.chunks) != (1,) * point_dims + frame_shape:
         return False
     if d.dtype.hasobject or d.dtype.kind not in "uifcb":
         return False
@@ -57,10 +57,20 @@ def _is_direct(d: h5py.Dataset, frame_shape: tuple[int, ...]) -> bool:
 
 
 class FrameReader:
-    """Frames of one HDF5 dataset (N, *frame_shape), read as fast as the layout allows."""
+    """Frames of one HDF5 dataset, read as fast as the layout allows: (N, *frame_shape), or
+    (ny, nx, *frame_shape) as classic GDA writes maps (frame ``i`` is point ``i`` in scan
+    order), or one bare frame (a scan of one point)."""
 
-    def __init__(self, path: str | Path, dataset: str, *, direct: bool | None = None) -> None:
-        """Open ``dataset`` of ``path`` read-only. ``direct=False`` forces the filter path."""
+    def __init__(
+        self,
+        path: str | Path,
+        dataset: str,
+        *,
+        direct: bool | None = None,
+        frame_ndim: int | None = None,
+    ) -> None:
+        """Open ``dataset`` of ``path`` read-only. ``direct=False`` forces the filter path;
+        ``frame_ndim``: dimensions of one frame (default: all but the first)."""
         self.path = Path(path)
         self.dataset = dataset
         self._file, self.swmr = open_h5(self.path)
@@ -73,22 +83,36 @@ class FrameReader:
                 raise ScanError(f"{self.path}: no dataset {dataset}")
             if not isinstance(d, h5py.Dataset):
                 raise ScanError(f"{self.path}: {dataset} is a group, not a dataset")
-            if d.ndim < 2:
+            need = 2 if frame_ndim is None else frame_ndim
+            if d.ndim < need:
                 raise ScanError(
-                    f"{self.path}: {dataset} has shape {d.shape}: frames need >= 2 dimensions"
+                    f"{self.path}: {dataset} has shape {d.shape}: frames need >= {need} dimensions"
                 )
         except BaseException:
             self._file.close()
             raise
         self._dset = d
-        self.frame_shape: tuple[int, ...] = tuple(int(s) for s in d.shape[1:])
+        self.point_dims = 1 if frame_ndim is None else d.ndim - frame_ndim
+        self.frame_shape: tuple[int, ...] = tuple(int(s) for s in d.shape[self.point_dims :])
         self.dtype: np.dtype = d.dtype
-        self.n_frames: int = int(d.shape[0])
+        self.n_frames: int = self._count()
         self.frame_nbytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
-        auto = _is_direct(d, self.frame_shape)
+        auto = _is_direct(d, self.frame_shape, self.point_dims)
         self.direct: bool = auto if direct is None else (bool(direct) and auto)
         self._zero = (0,) * len(self.frame_shape)
         self._local = threading.local()  # per-thread raw chunk buffer
+
+    def _count(self) -> int:
+        return int(np.prod(self._dset.shape[: self.point_dims], dtype=np.int64))
+
+    def _where(self, i: int) -> tuple[int, ...]:
+        """The dataset's leading indices of frame ``i`` (scan order, slowest axis first)."""
+        if self.point_dims == 1:
+            return (i,)
+        if self.point_dims == 0:
+            return ()
+        lead = self._dset.shape[: self.point_dims]
+        return tuple(int(v) for v in np.unravel_index(i, lead))
 
     # --- context / lifetime ------------------------------------------------------------------
     def __enter__(self) -> FrameReader:
@@ -122,7 +146,7 @@ class FrameReader:
         except (OSError, RuntimeError, ValueError) as e:
             if self.swmr:
                 raise ScanError(f"{self.path}: cannot refresh {self.dataset}: {_why(e)}") from e
-        self.n_frames = int(self._dset.shape[0])
+        self.n_frames = self._count()
         return self.n_frames
 
     # --- reading ------------------------------------------------------------------------------
@@ -161,7 +185,7 @@ class FrameReader:
 
     def _read_filtered(self, i: int, out: np.ndarray) -> None:
         try:
-            self._dset.read_direct(out, source_sel=np.s_[i])
+            self._dset.read_direct(out, source_sel=self._where(i) or np.s_[...])
         except (OSError, RuntimeError, ValueError) as e:
             raise self._corrupt(i, _why(e)) from e
 
@@ -170,11 +194,12 @@ class FrameReader:
             self._read_filtered(i, out)
             return
         try:
-            mask, chunk = self._dset.id.read_direct_chunk((i, *self._zero), out=self._raw())
+            at = (*self._where(i), *self._zero)
+            mask, chunk = self._dset.id.read_direct_chunk(at, out=self._raw())
         except (OSError, ValueError, RuntimeError):
             # larger than any valid chunk (garbage), or not allocated: let the checks decide
             try:
-                mask, chunk = self._dset.id.read_direct_chunk((i, *self._zero))
+                mask, chunk = self._dset.id.read_direct_chunk(at)
             except (OSError, ValueError, RuntimeError):
                 self._read_filtered(i, out)  # unwritten chunk reads as fill value
                 return

@@ -26,8 +26,8 @@ import h5py
 import numpy as np
 
 from hpcproc import __version__
-from hpcproc.nexus.scan import ScanInfo
-from hpcproc.steps.base import ArrayOutput, Output
+from hpcproc.outputs import ArrayOutput, Output
+from hpcproc.scaninfo import ScanInfo
 
 FLUSH_SECONDS = 0.05  # how stale the file may be for a reader while a job runs
 MESSAGE_BYTES = 1024

@@ -23,8 +23,8 @@ from pydantic import (
 )
 
 from hpcproc.errors import InputError
-from hpcproc.nexus.scan import ScanInfo
 from hpcproc.recipes import schema, templating
+from hpcproc.scaninfo import ScanInfo
 from hpcproc.steps.registry import get_step
 
 SCALAR_TYPES = ("int", "float", "bool", "str", "path")
@@ -223,9 +223,10 @@ class Parameter(_Strict):
             )
         if t in ("str", "path"):
             for name in templating.placeholders(default):
-                if not name.startswith(templating.SCAN_PREFIX):
+                if not name.startswith((templating.SCAN_PREFIX, templating.ROLE_PREFIX)):
                     raise LocatedValueError(
-                        f"a default can only use {{scan.*}} placeholders, not {{{name}}}",
+                        "a default can only use {scan.*} and {role.*} placeholders, "
+                        f"not {{{name}}}",
                         ("default",),
                     )
                 if (why := templating.placeholder_problem(name, ())) is not None:
@@ -357,7 +358,8 @@ def _lower(msg: str) -> str:
 class NexusRule(_Strict):
     """What the scan's NeXus file must contain for a recipe to apply."""
 
-    requires: list[str] = Field(default_factory=list)  # HDF5 dataset paths
+    # roles the scan's layout must find (frames, mca, ...) or HDF5 dataset paths (/entry/...)
+    requires: list[str] = Field(default_factory=list)
     classes: list[str] = Field(default_factory=list)  # NX_class names, e.g. NXdetector
     scan_axes: list[str] | None = None  # compared as a set; None = any
 
@@ -495,7 +497,7 @@ class Recipe(_Strict):
                 hint = f" ({p.description})" if p.description else ""
                 raise InputError(f"{where} of recipe {self.name!r} is required{hint}")
             elif p.type in ("str", "path") and p.default is not None:
-                value = templating.fill(p.default, {}, meta)
+                value = self._fill_default(name, p.default, meta, scan)
             else:
                 value = p.default
             if p.type == "path" and value is not None and scan is not None:
@@ -503,6 +505,21 @@ class Recipe(_Strict):
                 value = str(path if path.is_absolute() else scan.path.parent / path)
             out[name] = value
         return out
+
+    def _fill_default(
+        self, name: str, default: Any, meta: Mapping[str, Any] | None, scan: ScanInfo | None
+    ) -> Any:
+        """A default with its ``{scan.*}`` and ``{role.*}`` filled; a role the scan's layout
+        did not find is said with the way round it (``--param``)."""
+        try:
+            return templating.fill(default, {}, meta)
+        except KeyError as e:
+            role = str(e.args[0]).removeprefix(templating.ROLE_PREFIX)
+            where = f"{scan.path.name} (layout {scan.layout})" if scan else "the scan"
+            raise InputError(
+                f"recipe {self.name!r} parameter {name}: {where} has no dataset for the role "
+                f"{role!r}; give it with --param {name}=/path/in/the/file"
+            ) from None
 
     def step_params(
         self, step: StepSpec, params: Mapping[str, Any], scan: ScanInfo
@@ -533,9 +550,14 @@ class Recipe(_Strict):
         why: list[str] = []
         if rule.beamlines and scan.beamline not in rule.beamlines:
             why.append(f"beamline {scan.beamline!r} is not one of {', '.join(rule.beamlines)}")
-        for path in rule.nexus.requires:
-            if path not in scan.datasets:
-                why.append(f"dataset {path} is missing from the scan file")
+        for need in rule.nexus.requires:
+            if need.startswith("/"):
+                if (missing := scan.missing_input(need)) is not None:
+                    why.append(missing)
+            elif need not in scan.roles:
+                why.append(f"layout {scan.layout} found no {need} in the scan file")
+            elif (missing := scan.missing_input(scan.roles[need])) is not None:
+                why.append(f"{need}: {missing}")
         for cls in rule.nexus.classes:
             if cls not in scan.nx_classes:
                 why.append(f"no {cls} group in the scan file")

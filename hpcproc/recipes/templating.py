@@ -1,7 +1,9 @@
 """`{placeholder}` templates in recipe values: find them, check them, fill them.
 
-A placeholder is ``{name}`` (a recipe parameter) or ``{scan.field}`` (one of ``SCAN_FIELDS``);
-``{{`` and ``}}`` stand for literal braces. Any other brace text is left alone.
+A placeholder is ``{name}`` (a recipe parameter), ``{scan.field}`` (one of ``SCAN_FIELDS``) or
+``{role.name}`` (the dataset the scan's layout found for a role of ``ROLES``, e.g.
+``{role.frames}``); ``{{`` and ``}}`` stand for literal braces. Any other brace text is left
+alone.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from hpcproc.nexus.scan import SCAN_FIELDS
+from hpcproc.scaninfo import ROLE_PREFIX, ROLES, SCAN_FIELDS
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
 
 SCAN_PREFIX = "scan."
+__all__ = ["ROLE_PREFIX", "SCAN_PREFIX", "fill", "is_templated", "placeholders", "walk_strings"]
 
 
 def placeholders(text: str) -> list[str]:
@@ -45,6 +48,11 @@ def placeholder_problem(name: str, parameters: Any) -> str | None:
         field = name[len(SCAN_PREFIX) :]
         if field not in SCAN_FIELDS:
             return f"unknown scan field {{{name}}} (scan fields: {', '.join(SCAN_FIELDS)})"
+        return None
+    if name.startswith(ROLE_PREFIX):
+        role = name[len(ROLE_PREFIX) :]
+        if role not in ROLES:
+            return f"unknown role {{{name}}} (roles: {', '.join(ROLES)})"
         return None
     if name not in parameters:
         known = ", ".join(sorted(parameters)) or "none"
@@ -77,7 +85,7 @@ def fill(value: Any, params: Mapping[str, Any], scan: Mapping[str, Any] | None =
     if not isinstance(value, str):
         return value
     whole = _TOKEN.fullmatch(value)
-    if whole and whole.group(1) and not whole.group(1).startswith(SCAN_PREFIX):
+    if whole and whole.group(1) and not whole.group(1).startswith((SCAN_PREFIX, ROLE_PREFIX)):
         return params[whole.group(1)]
     return _TOKEN.sub(lambda m: _replace(m, params, scan), value)
 
@@ -90,4 +98,8 @@ def _replace(m: re.Match[str], params: Mapping[str, Any], scan: Mapping[str, Any
         if scan is None:
             return token
         return _as_text(scan[name[len(SCAN_PREFIX) :]])
+    if name.startswith(ROLE_PREFIX):
+        if scan is None:
+            return token
+        return _as_text(scan[name])  # KeyError: the scan's layout found no such dataset
     return _as_text(params[name])

@@ -14,7 +14,21 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from hpcproc.nexus.scan import ScanInfo
+from hpcproc.outputs import ArrayOutput, Axis, Output
+from hpcproc.scaninfo import ScanInfo
+
+__all__ = [
+    "ArrayOutput",
+    "Axis",
+    "FrameStep",
+    "Output",
+    "Step",
+    "StepContext",
+    "StepParams",
+    "StepResult",
+    "TaskPlan",
+    "TaskStep",
+]
 
 
 class StepParams(BaseModel):
@@ -23,41 +37,39 @@ class StepParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@dataclass(frozen=True)
-class Axis:
-    """Coordinates of one output dimension (e.g. q in nm^-1)."""
-
-    name: str
-    values: np.ndarray
-    units: str = ""
-
-
-@dataclass(frozen=True)
-class Output:
-    """One array a step produces for every scan point; `shape` excludes the scan dimensions."""
-
-    name: str
-    shape: tuple[int, ...]
-    group: str = "data"  # NXdata group it belongs to; the first output of a group is its signal
-    dtype: str = "float32"
-    units: str = ""
-    long_name: str = ""
-    axes: tuple[Axis, ...] = ()  # one per dimension of `shape`
-
-    @property
-    def key(self) -> str:
-        """Key of this output in the dict returned by :meth:`FrameStep.process`."""
-        return f"{self.group}/{self.name}"
-
-
 class Step(ABC):
     """A registered processing step (entry-point group ``hpcproc.steps``)."""
 
     name: ClassVar[str]
     Params: ClassVar[type[StepParams]]
     inputs: ClassVar[dict[str, str]] = {}  # input name -> what it is
+    # parameter -> the role (hpcproc.scaninfo.ROLES) whose dataset it takes when not given
+    roles: ClassVar[dict[str, str]] = {}
     outputs: ClassVar[dict[str, str]] = {}  # output name -> what it is
     description: ClassVar[str] = ""
+
+    @classmethod
+    def input_problems(cls, params: StepParams, scan: ScanInfo) -> list[str]:
+        """Why the step's inputs cannot be read from ``scan`` (empty: they can); checked
+        before a job is recorded or a cluster started. By default: the parameters named in
+        ``inputs`` that hold a dataset path."""
+        return [
+            problem
+            for name in cls.inputs
+            if (problem := cls.input_problem(name, getattr(params, name, None), scan))
+        ]
+
+    @classmethod
+    def input_problem(cls, name: str, value: Any, scan: ScanInfo) -> str | None:
+        """Why input ``name`` (a dataset path, or None) cannot be read from ``scan``."""
+        if not (isinstance(value, str) and value.startswith("/")):
+            return None
+        if (why := scan.missing_input(value)) is None:
+            return None
+        role = cls.roles.get(name)
+        if role is not None and role not in scan.roles and value not in scan.missing_links:
+            return f"{name}: layout {scan.layout} found no {role} dataset in {scan.path.name}"
+        return f"{name}: {why}"
 
     @classmethod
     def memory_estimate(cls, params: StepParams, scan: ScanInfo) -> tuple[int, str] | None:
@@ -75,10 +87,15 @@ class FrameStep(Step):
     """
 
     source: ClassVar[str] = "frames"  # name of the Params field holding the dataset path
+    frame_ndim: ClassVar[int] = 2  # dimensions of one frame; the dataset's others are points
 
     def __init__(self, params: StepParams, scan: ScanInfo) -> None:
         self.params = params
         self.scan = scan
+        # What the step decided while it was built (e.g. the detector's orientation), kept in
+        # its NXprocess and the LIMS; warnings are said to the person too.
+        self.notes: dict[str, Any] = {}
+        self.warnings: list[str] = []
 
     @property
     def dataset(self) -> str:
@@ -101,27 +118,6 @@ class FrameStep(Step):
 
 
 # ---------------------------------------------------------------- downstream (task) steps
-
-
-@dataclass(frozen=True)
-class ArrayOutput:
-    """A whole array a task step produces (e.g. a volume q x y x x), not one per scan point.
-
-    With ``split`` the step's parts each produce a block of it along axis 0 (see
-    :meth:`TaskStep.run`); without, :meth:`TaskStep.finish` produces it whole."""
-
-    name: str
-    shape: tuple[int, ...]
-    group: str = "data"  # NXdata group; its first output is the signal
-    dtype: str = "float32"
-    units: str = ""
-    long_name: str = ""
-    axes: tuple[Axis, ...] = ()  # one per dimension of `shape`, where known
-    split: bool = False
-
-    @property
-    def key(self) -> str:
-        return f"{self.group}/{self.name}"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import Field
 
 from hpcproc.errors import StepError
-from hpcproc.nexus.scan import ScanInfo
+from hpcproc.scaninfo import ScanInfo
 from hpcproc.steps.base import (
     ArrayOutput,
     Axis,

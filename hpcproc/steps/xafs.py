@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from hpcproc.errors import StepError
-from hpcproc.nexus.scan import ScanInfo
+from hpcproc.scaninfo import ScanInfo
 from hpcproc.steps.base import (
     ArrayOutput,
     Axis,
@@ -33,9 +33,9 @@ MIN_EDGE_SNR = 10.0  # edge step / pre-edge noise below which there is no edge t
 
 
 class XafsParams(StepParams):
-    mode: Literal["transmission", "fluorescence"] = Field(
+    mode: Literal["transmission", "fluorescence", "mu"] = Field(
         default="transmission",
-        description="transmission: mu = ln(I0/It); fluorescence: mu = If/I0",
+        description="transmission: mu = ln(I0/It); fluorescence: mu = If/I0; mu: as recorded",
     )
     energy: str = Field(default="/entry/instrument/energy/value", description="Energies (eV)")
     i0: str = Field(default="/entry/instrument/ionchambers/I0", description="Incident counts")
@@ -43,6 +43,7 @@ class XafsParams(StepParams):
     i_f: str = Field(
         default="/entry/instrument/ionchambers/If", description="Fluorescence counts (If)"
     )
+    mu: str | None = Field(default=None, description="mu(E) as recorded (mode mu)")
     e0: float | None = Field(default=None, gt=0, description="Edge energy (eV); None: found")
     pre1: float | None = Field(default=None, lt=0, description="Pre-edge fit start, eV from E0")
     pre2: float | None = Field(default=None, le=0, description="Pre-edge fit end, eV from E0")
@@ -86,6 +87,24 @@ class XafsNormalise(TaskStep):
     Params = XafsParams
     description = "XAFS pre-edge subtraction and normalisation (xraylarch pre_edge)"
     inputs = {"energy": "energies (eV)", "i0": "incident counts", "it | i_f": "signal counts"}
+    roles = {"energy": "energy", "i0": "i0", "it": "it", "i_f": "if", "mu": "mu"}
+
+    @classmethod
+    def input_problems(cls, params: XafsParams, scan: ScanInfo) -> list[str]:
+        return [
+            why
+            for name, path in cls.datasets(params).items()
+            if (why := cls.input_problem(name, path, scan)) is not None
+        ]
+
+    @staticmethod
+    def datasets(p: XafsParams) -> dict[str, str]:
+        """The datasets the step reads in its mode, by role."""
+        if p.mode == "mu":
+            return {"energy": p.energy, "mu": p.mu or "/(no mu dataset)"}
+        roles = {"energy": p.energy, "i0": p.i0}
+        return roles | ({"it": p.it} if p.mode == "transmission" else {"i_f": p.i_f})
+
     outputs = {
         "normalised/norm, flat": "normalised and flattened mu(E)",
         "mu/mu, pre_edge, post_edge": "mu(E) with its pre-edge line and post-edge curve",
@@ -115,23 +134,24 @@ class XafsNormalise(TaskStep):
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """``(energy, mu)`` from the scan file, energy increasing; StepError saying what is
         wrong with the data otherwise."""
-        from hpcproc.nexus.scan import open_scan_file
+        from hpcproc.formats import read_array
 
         p = self.params
-        roles = {"energy": p.energy, "i0": p.i0}
-        roles |= {"it": p.it} if p.mode == "transmission" else {"i_f": p.i_f}
+        roles = self.datasets(p)
         missing = [
             f"{path} (parameter {role})"
             for role, path in roles.items()
-            if path not in self.scan.datasets
+            if self.scan.missing_input(path) is not None
         ]
         if missing:
             raise StepError(
                 f"{self.scan.path.name} has no dataset {', '.join(missing)}, "
                 f"needed in {p.mode} mode"
             )
-        with open_scan_file(self.scan.path) as f:
-            data = {role: np.asarray(f[path][()], dtype=np.float64) for role, path in roles.items()}
+        data = {
+            role: np.asarray(read_array(self.scan, path), dtype=np.float64)
+            for role, path in roles.items()
+        }
         for role, values in data.items():
             if values.ndim != 1:
                 raise StepError(
@@ -148,6 +168,8 @@ class XafsNormalise(TaskStep):
         if bad:
             raise StepError(f"non-finite values (NaN, inf) in {', '.join(bad)}")
         energy, order = monotonic(energy)
+        if p.mode == "mu":
+            return energy, data["mu"][order]
         i0 = data["i0"][order]
         if p.mode == "transmission":
             it = data["it"][order]

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
 from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, FilePath
 
 from hpcproc.errors import StepError
-from hpcproc.nexus.scan import ScanInfo
+from hpcproc.formats import open_frames, read_array
+from hpcproc.scaninfo import ScanInfo
+from hpcproc.steps import masks, orientation
 from hpcproc.steps.base import Axis, FrameStep, Output, StepParams
+from hpcproc.steps.orientation import FLIPS as _FLIPS
+
+FIRST_FRAME_WAIT = 60.0  # s a live scan's first frame is waited for (orientation, mask)
 
 
 class XrdIntegrateParams(StepParams):
@@ -27,11 +32,21 @@ class XrdIntegrateParams(StepParams):
     )
     cake: bool = Field(default=False, description="Also write a 2D cake (radial x azimuthal)")
     npt_azim: int = Field(default=360, ge=4, le=3600, description="Azimuthal bins of the cake")
-    flip: Literal["none", "ud", "lr", "udlr"] = Field(
-        default="none",
-        description="Flip each frame before integration (detector orientation vs. the PONI)",
+    flip: Literal["auto", "none", "ud", "lr", "udlr"] = Field(
+        default="auto",
+        description=(
+            "Flip each frame before integration (detector orientation vs. the PONI); auto: "
+            "the orientation whose rings are straightest in the cake of the first frame"
+        ),
     )
     mask: FilePath | None = Field(default=None, description="Mask file (non-zero = masked)")
+    pixel_mask: str | None = Field(
+        default=None, description="Dataset of the detector's own pixel mask (non-zero = masked)"
+    )
+    mask_invalid: bool = Field(
+        default=True,
+        description="Also mask pixels negative or saturated in the first frame (module gaps)",
+    )
     polarization_factor: float | None = Field(default=None, ge=-1, le=1)
 
 
@@ -39,7 +54,8 @@ class XrdIntegrate(FrameStep):
     name: ClassVar[str] = "xrd_integrate"
     Params = XrdIntegrateParams
     description = "pyFAI azimuthal integration of each frame"
-    inputs = {"frames": "2D detector frames, one per scan point"}
+    inputs = {"frames": "2D detector frames, one per scan point", "pixel_mask": "pixel mask"}
+    roles = {"frames": "frames", "pixel_mask": "mask"}
     outputs = {"I": "integrated pattern per point", "cake": "2D cake per point (if cake)"}
 
     @classmethod
@@ -51,7 +67,7 @@ class XrdIntegrate(FrameStep):
             info.shape[1:] if info else None,
             params.poni.stat().st_mtime_ns,
             params.mask.stat().st_mtime_ns if params.mask else None,
-        )
+        )  # orientation and invalid pixels, read from a first frame, hold for the detector
 
     def __init__(self, params: XrdIntegrateParams, scan: ScanInfo) -> None:
         super().__init__(params, scan)
@@ -73,12 +89,39 @@ class XrdIntegrate(FrameStep):
         ]
         if missing:
             raise StepError(f"PONI file {p.poni} has no {' and no '.join(missing)}")
-        self.mask = _load_mask(p.mask) if p.mask is not None else None
         self.method = _METHODS[p.method]
-        self.flip = _FLIPS[p.flip]
+        shape = self._frame_shape()
+        if self.ai.detector.shape is not None and tuple(self.ai.detector.shape) != shape:
+            raise StepError(
+                f"PONI file {p.poni.name}: detector {self.ai.detector.name} is "
+                f"{'x'.join(map(str, self.ai.detector.shape))} pixels, the frames of "
+                f"{p.frames} are {'x'.join(map(str, shape))}"
+            )
+        first = self._first_frame() if p.flip == "auto" or p.mask_invalid else None
+        self.mask, self.notes = masks.combine(
+            shape,
+            file=p.mask,
+            dataset=read_array(scan, p.pixel_mask) if p.pixel_mask else None,
+            first=first if p.mask_invalid else None,
+        )
+        self.warnings: list[str] = []
+        flip = p.flip
+        if flip == "auto":
+            if first is None:
+                flip = "none"
+                self.warnings.append("orientation auto: no frame to look at yet; taken as none")
+            else:
+                choice = orientation.choose(self.ai, first, self.mask, self.method)
+                flip = choice.flip
+                self.notes |= choice.notes()
+                if not choice.clear:
+                    self.warnings.append(choice.say())
+        self.notes["flip"] = flip
+        self.flip = _FLIPS[flip]
+        if self.mask is not None and self.flip:  # masks are in the file's orientation
+            self.mask = np.flip(self.mask, self.flip)
         # Integrating an empty frame builds pyFAI's engine once per worker (1-2 s for a 3.7 Mpx
         # frame) and gives the radial and azimuthal axes before the first real frame arrives.
-        shape = self.ai.detector.shape or self._frame_shape()
         blank = np.zeros(shape, dtype=np.float32)
         self.radial = self._integrate1d(blank).radial.astype(np.float64)
         self.azimuthal = None
@@ -86,10 +129,23 @@ class XrdIntegrate(FrameStep):
             self.azimuthal = self._integrate2d(blank).azimuthal.astype(np.float64)
 
     def _frame_shape(self) -> tuple[int, ...]:
-        info = self.scan.datasets.get(self.params.frames)
-        if info is None:
-            raise StepError(f"dataset {self.params.frames} not found in {self.scan.path}")
-        return info.shape[-2:]
+        if (why := self.scan.missing_input(self.params.frames)) is not None:
+            raise StepError(why)
+        return tuple(self.scan.datasets[self.params.frames].shape[-2:])
+
+    def _first_frame(self, wait: float = FIRST_FRAME_WAIT) -> np.ndarray | None:
+        """Frame 0 (a live scan's writer may not have written it yet: wait a while)."""
+        reader = open_frames(self.scan, self.params.frames, 2)
+        try:
+            deadline = time.monotonic() + wait
+            while reader.n_frames == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                reader.refresh()
+            if reader.n_frames == 0:
+                return None
+            return reader.read_batch([0])[0]
+        finally:
+            reader.close()
 
     def _integrate1d(self, frame: np.ndarray):  # -> pyFAI Integrate1dResult
         p = self.params
@@ -161,15 +217,5 @@ _METHODS = {
     "lut": ("bbox", "lut", "cython"),
     "histogram": ("no", "histogram", "cython"),
 }
-_FLIPS: dict[str, tuple[int, ...]] = {"none": (), "ud": (0,), "lr": (1,), "udlr": (0, 1)}
 _AXIS_NAME = {"q_nm^-1": "q", "q_A^-1": "q", "2th_deg": "two_theta"}
 _AXIS_UNITS = {"q_nm^-1": "nm^-1", "q_A^-1": "angstrom^-1", "2th_deg": "deg"}
-
-
-def _load_mask(path: Path) -> np.ndarray:
-    """A mask image fabio reads (EDF, TIFF, ...) or a .npy array; non-zero = masked."""
-    if path.suffix == ".npy":
-        return np.load(path) != 0
-    import fabio
-
-    return fabio.open(str(path)).data != 0

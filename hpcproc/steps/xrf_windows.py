@@ -3,24 +3,26 @@ detector channels. Line energies come from xraydb, never from a hand-typed table
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from hpcproc.errors import StepError
-from hpcproc.nexus.scan import ScanInfo
+from hpcproc.scaninfo import ScanInfo
 from hpcproc.steps.base import FrameStep, Output, StepParams
 
 
 class XrfWindowsParams(StepParams):
     elements: list[str] = Field(
-        description="Element lines, e.g. ['Co-Ka', 'Fe-Ka'] (or one space-separated string)"
+        description=(
+            "Element lines, e.g. ['Co-Ka', 'Fe-Ka'] (or one space-separated string); "
+            "'Fe-Ka:30' gives that line a window of its own width (channels)"
+        )
     )
     window_width: int = Field(default=40, ge=1, le=4096, description="Window width in channels")
     mca: str = Field(default="/entry/instrument/xspress3/data", description="MCA dataset")
-    calibration: str = Field(
+    calibration: str | None = Field(
         default="/entry/instrument/xspress3",
         description="Group holding energy_offset / energy_gain (eV, eV per channel) per channel",
     )
@@ -33,6 +35,23 @@ class XrfWindowsParams(StepParams):
     def _split(cls, v: object) -> object:
         return v.split() if isinstance(v, str) else v
 
+    @field_validator("elements")
+    @classmethod
+    def _widths(cls, v: list[str]) -> list[str]:
+        for item in v:
+            width = item.partition(":")[2]
+            if width and not (width.isdigit() and 1 <= int(width) <= 4096):
+                raise ValueError(f"{item!r}: the width after ':' must be 1..4096 channels")
+        return v
+
+    def lines(self) -> dict[str, int]:
+        """Element line -> window width in channels."""
+        out = {}
+        for item in self.elements:
+            line, _, width = item.partition(":")
+            out[line] = int(width) if width else self.window_width
+        return out
+
 
 class XrfWindows(FrameStep):
     name: ClassVar[str] = "xrf_windows"
@@ -40,30 +59,35 @@ class XrfWindows(FrameStep):
     source = "mca"
     description = "Element-window maps from multi-channel XRF spectra"
     inputs = {"mca": "spectra (channels x bins) per scan point"}
+    roles = {"mca": "mca", "calibration": "calibration"}
     outputs = {"<element line>": "window counts per point, summed over detector channels"}
 
     def __init__(self, params: XrfWindowsParams, scan: ScanInfo) -> None:
         super().__init__(params, scan)
-        info = scan.datasets.get(params.mca)
-        if info is None or len(info.shape) != 3:
+        if (why := scan.missing_input(params.mca)) is not None:
+            raise StepError(why)
+        info = scan.datasets[params.mca]
+        if len(info.shape) not in (3, len(scan.shape) + 2):
             raise StepError(
-                f"{scan.path}: MCA dataset {params.mca} missing or not (points, channels, bins)"
+                f"{scan.path.name}: MCA dataset {params.mca} has shape {info.shape}, not "
+                "(points, channels, bins) or (ny, nx, channels, bins)"
             )
-        n_channels, n_bins = info.shape[1], info.shape[2]
+        n_channels, n_bins = info.shape[-2], info.shape[-1]
         self.channels = np.asarray(
             params.channels if params.channels is not None else range(n_channels), dtype=int
         )
         if self.channels.size == 0 or self.channels.min() < 0 or self.channels.max() >= n_channels:
             raise StepError(f"channels {params.channels} outside 0..{n_channels - 1}")
         offset, gain = self._calibration(n_channels)
-        self.energies = {line: line_energy(line) for line in params.elements}
+        widths = params.lines()
+        self.energies = {line: line_energy(line) for line in widths}
         # Window [lo, hi) in bins per (line, detector channel): calibrations differ per channel.
-        half = params.window_width / 2
         self.windows: dict[str, list[tuple[int, int, int]]] = {}
         for line, energy in self.energies.items():
+            width = widths[line]
             centre = (energy - offset[self.channels]) / gain[self.channels]
-            lo = np.clip(np.round(centre - half).astype(int), 0, n_bins)
-            hi = np.clip(lo + params.window_width, 0, n_bins)
+            lo = np.clip(np.round(centre - width / 2).astype(int), 0, n_bins)
+            hi = np.clip(lo + width, 0, n_bins)
             if np.all(hi <= lo):
                 raise StepError(f"{line} at {energy:.0f} eV lies outside the MCA's energy range")
             self.windows[line] = list(
@@ -75,7 +99,7 @@ class XrfWindows(FrameStep):
         p = self.params
         offset = gain = None
         if p.energy_offset is None or p.energy_gain is None:
-            offset, gain = read_calibration(self.scan.path, p.calibration, n_channels)
+            offset, gain = read_calibration(self.scan, p.calibration, n_channels)
         if p.energy_offset is not None:
             offset = np.full(n_channels, p.energy_offset)
         if p.energy_gain is not None:
@@ -85,7 +109,7 @@ class XrfWindows(FrameStep):
     def output_specs(self) -> list[Output]:
         return [
             Output(line, (), group="maps", units="counts", long_name=f"{line} window counts")
-            for line in self.params.elements
+            for line in self.energies
         ]
 
     def process(self, frames: np.ndarray) -> dict[str, np.ndarray]:
@@ -118,17 +142,18 @@ def line_energy(line: str) -> float:
     return float(np.dot(weights, [v.energy for v in family]) / weights.sum())
 
 
-def read_calibration(path: Path, group: str, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+def read_calibration(
+    scan: ScanInfo, group: str | None, n_channels: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel energy offset and gain from ``group/energy_offset`` and ``group/energy_gain``."""
-    from hpcproc.nexus.scan import open_scan_file  # one way to open scans in a process
+    from hpcproc.formats import read_array
 
-    try:
-        with open_scan_file(path) as f:
-            offset = np.asarray(f[f"{group}/energy_offset"][()], dtype=float)
-            gain = np.asarray(f[f"{group}/energy_gain"][()], dtype=float)
-    except KeyError as exc:
+    names = [f"{group}/energy_offset", f"{group}/energy_gain"] if group else []
+    if not names or any(scan.missing_input(n) for n in names):
+        where = f" at {group}/energy_offset|energy_gain" if group else ""
         raise StepError(
-            f"{path}: no energy calibration at {group}/energy_offset|energy_gain ({exc}); "
-            "give energy_offset and energy_gain as parameters"
-        ) from None
+            f"{scan.path.name}: no energy calibration of the MCA{where}; give the parameters "
+            "energy_gain (eV per bin) and energy_offset (eV)"
+        )
+    offset, gain = (np.asarray(read_array(scan, n), dtype=float) for n in names)
     return np.broadcast_to(offset, n_channels), np.broadcast_to(gain, n_channels)

@@ -30,11 +30,11 @@ from hpcproc.approval import approval_of, approve, reject
 from hpcproc.cancel import cancel_of, request_cancel
 from hpcproc.dispatch.sizing import sized_steps
 from hpcproc.errors import HpcprocError, InputError, LimsError
+from hpcproc.formats import read_scan_info
 from hpcproc.lims import Lims
 from hpcproc.lims.adapter import LOCAL_VISIT
 from hpcproc.lims.queries import JobListing, find_jobs
 from hpcproc.lims.records import JobRecord
-from hpcproc.nexus.scan import read_scan_info
 from hpcproc.recipes import Recipe, list_recipes
 from hpcproc.reprocess import plan_reprocessing, reprocess_of
 from hpcproc.web.app import CurrentUser, Services, confined, root, services
