@@ -405,3 +405,20 @@ def test_notebook_not_found(xrf_scan, lims, client):
     outcome, step, _ = _run(text, scan, lims, client)
     assert outcome.status == Status.FAILED
     assert "no notebook 'no_such_notebook.ipynb' in the notebook directories" in step.message
+
+
+def test_xrf_notebook_on_a_real_i18_map(tmp_path, lims, client, notebook_env):
+    """The GDA I18 Xspress3 map of the real-file tests (MCAs (ny, nx, channels, bins), no
+    calibration stored): the notebook's windows match the file's own ROI sums."""
+    real = Path(__file__).parent / "data" / "real" / "xrf" / "i18_test_data.nxs"
+    path = tmp_path / real.name
+    shutil.copy(real, path)
+    params = {"element_list": "Co-Ka", "window_width": 50, "energy_gain": 10, "energy_offset": 0}
+    outcome = run_job(find_recipe("xrf-notebook"), path, params, lims=lims, client=client)
+    (step,) = lims.job(outcome.job_id).steps
+    assert outcome.status == Status.SUCCESS, step.message
+    params = json.loads(_files(step, "Input")["parameters.json"].read_text())
+    assert params["mca"] == "/entry1/instrument/xspress3/MCAs"  # {role.mca}
+    with h5py.File(_files(step, "Result")["xrf_element_maps.h5"]) as f, h5py.File(real) as raw:
+        stored = raw["/entry1/instrument/xspress3/Co_K"][()].sum(axis=-1)
+        np.testing.assert_allclose(f["entry/maps/Co-Ka"][()], stored, rtol=0.05)

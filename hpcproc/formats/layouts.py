@@ -93,12 +93,13 @@ def unique(w: Walk) -> dict[str, DatasetInfo]:
 
 def points_of(d: DatasetInfo, shape: tuple[int, ...], frame_ndim: int) -> bool:
     """Whether ``d`` holds one ``frame_ndim``-D item per point of a scan of ``shape``: as
-    (points, ...) or as (*shape, ...); a scan of one point may also be one bare item."""
+    (points, ...) (up to the scan's points: a live scan's dataset grows) or as (*shape, ...);
+    a scan of one point may also be one bare item."""
     n = int(np.prod(shape))
     lead = d.shape[: len(d.shape) - frame_ndim]
     if len(d.shape) < frame_ndim:
         return False
-    if lead == shape or lead == (n,):
+    if lead == shape or (len(lead) == 1 and lead[0] <= n):  # a live scan's grows to n
         return True
     return n == 1 and lead == ()
 

@@ -62,6 +62,16 @@ class XrfWindows(FrameStep):
     roles = {"mca": "mca", "calibration": "calibration"}
     outputs = {"<element line>": "window counts per point, summed over detector channels"}
 
+    @classmethod
+    def input_problems(cls, params: XrfWindowsParams, scan: ScanInfo) -> list[str]:
+        problems = super().input_problems(params, scan)
+        if params.energy_offset is None or params.energy_gain is None:
+            group = params.calibration
+            names = [f"{group}/energy_offset", f"{group}/energy_gain"] if group else []
+            if not names or any(scan.missing_input(n) for n in names):
+                problems.append(_no_calibration(scan, group))
+        return problems
+
     def __init__(self, params: XrfWindowsParams, scan: ScanInfo) -> None:
         super().__init__(params, scan)
         if (why := scan.missing_input(params.mca)) is not None:
@@ -150,10 +160,14 @@ def read_calibration(
 
     names = [f"{group}/energy_offset", f"{group}/energy_gain"] if group else []
     if not names or any(scan.missing_input(n) for n in names):
-        where = f" at {group}/energy_offset|energy_gain" if group else ""
-        raise StepError(
-            f"{scan.path.name}: no energy calibration of the MCA{where}; give the parameters "
-            "energy_gain (eV per bin) and energy_offset (eV)"
-        )
+        raise StepError(_no_calibration(scan, group))
     offset, gain = (np.asarray(read_array(scan, n), dtype=float) for n in names)
     return np.broadcast_to(offset, n_channels), np.broadcast_to(gain, n_channels)
+
+
+def _no_calibration(scan: ScanInfo, group: str | None) -> str:
+    where = f" at {group}/energy_offset|energy_gain" if group else ""
+    return (
+        f"{scan.path.name}: no energy calibration of the MCA{where}; give the parameters "
+        "energy_gain (eV per bin) and energy_offset (eV)"
+    )
