@@ -99,7 +99,7 @@ def points_of(d: DatasetInfo, shape: tuple[int, ...], frame_ndim: int) -> bool:
     lead = d.shape[: len(d.shape) - frame_ndim]
     if len(d.shape) < frame_ndim:
         return False
-    if lead == shape or (len(lead) == 1 and lead[0] <= n):  # a live scan's grows to n
+    if lead == shape or lead == (n,) or (len(lead) == 1 and lead[0] < n):  # live: grows to n
         return True
     return n == 1 and lead == ()
 
@@ -154,7 +154,16 @@ def guess_roles(w: Walk, shape: tuple[int, ...]) -> dict[str, str]:
         if f"{group}/image_key" in w.datasets:
             roles["image_key"] = f"{group}/image_key"
     if mcas:
-        roles["mca"] = min(mcas, key=lambda p: ("/instrument/" not in p, not p.endswith("/data")))
+        # one spectrum per point as the scan's shape, then as points, then a live one growing
+        roles["mca"] = min(
+            mcas,
+            key=lambda p: (
+                w.datasets[p].shape[:-2] != shape,
+                w.datasets[p].shape[:-2] != (int(np.prod(shape)),),
+                "/instrument/" not in p,
+                not p.endswith("/data"),
+            ),
+        )
         group = roles["mca"].rsplit("/", 1)[0]
         if f"{group}/energy_gain" in w.datasets:
             roles["calibration"] = group

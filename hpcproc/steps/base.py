@@ -51,11 +51,12 @@ class Step(ABC):
     @classmethod
     def input_problems(cls, params: StepParams, scan: ScanInfo) -> list[str]:
         """Why the step's inputs cannot be read from ``scan`` (empty: they can); checked
-        before a job is recorded or a cluster started. By default: the parameters named in
-        ``inputs`` that hold a dataset path."""
+        before a job is recorded or a cluster started. By default: the inputs read from the
+        scan file (those with a role) that hold a dataset path."""
         return [
             problem
             for name in cls.inputs
+            if name in cls.roles
             if (problem := cls.input_problem(name, getattr(params, name, None), scan))
         ]
 
