@@ -36,6 +36,15 @@ ROLES: dict[str, str] = {
 ROLE_PREFIX = "role."
 
 
+def frame_count(shape: tuple[int, ...], frame_ndim: int) -> int:
+    """Frames in a dataset of ``shape`` whose frames have ``frame_ndim`` dimensions: the
+    product of the others, (N, h, w) -> N, (ny, nx, channels, bins) -> ny * nx."""
+    n = 1
+    for s in shape[: max(0, len(shape) - frame_ndim)]:
+        n *= int(s)
+    return n
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """Shape and storage of one dataset of the scan (an HDF5 dataset, or what a non-HDF5

@@ -294,3 +294,25 @@ def test_run_a_tiff_from_the_command_line(cli, tmp_path):
     assert "Traceback" not in r.output
     (job,) = json.loads(r.output[r.output.index("[") :])
     assert job["status"] == "success"
+
+
+def test_numbered_image_series_is_a_scan_of_its_files(tmp_path, client, lims):
+    """Three EDF files (written by fabio from the CeO2 image) given as a glob: three points,
+    each integrated like the one image."""
+    import fabio
+
+    image = fabio.open(str(CEO2)).data
+    for i, scale in enumerate((1, 2, 3)):
+        fabio.edfimage.EdfImage(data=image * scale).write(str(tmp_path / f"ceo2_{i:04d}.edf"))
+    shutil.copy(CEO2_PONI, tmp_path / "ceo2.poni")
+    pattern = tmp_path / "ceo2_*.edf"
+    scan = read_scan_info(pattern)
+    assert (scan.format, scan.shape, len(scan.files)) == ("image", (3,), 3)
+    assert scan.datasets["/frames"].shape == (3, 1043, 981)
+    params = {"poni": str(tmp_path / "ceo2.poni"), "npt": 500}
+    outcome = run_job(find_recipe("xrd-map"), pattern, params, lims=lims, client=client)
+    assert outcome.status == "success", outcome
+    with h5py.File(outcome.processed) as f:
+        patterns = f["/entry/integrate/integrated/I"][()].reshape(3, -1)
+    np.testing.assert_allclose(patterns[1], 2 * patterns[0], rtol=1e-4)
+    np.testing.assert_allclose(patterns[2], 3 * patterns[0], rtol=1e-4)

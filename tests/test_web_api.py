@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import pytest
 from fastapi.testclient import TestClient
 from web_helpers import web_app
@@ -513,3 +515,16 @@ def test_published_under_a_path_by_a_reverse_proxy(tmp_path, monkeypatch, sim_sc
         assert r.status_code == 401 and 'value="/hpcproc/"' in r.text  # never off the site
     with pytest.raises(InputError, match="not a plain URL path"):
         Settings(root_path="/a/../b")
+
+
+def test_recipes_for_a_real_gda_scan_use_its_layout(api):
+    """The I18 Xspress3 map as GDA writes it (tests/data/real): xrf-map applies through the
+    layout's mca role, though the file has none of the simulator's paths."""
+    real = Path(__file__).parent / "data" / "real" / "xrf" / "i18_test_data.nxs"
+    path = api.data / "scans" / real.name
+    shutil.copy(real, path)
+    with h5py.File(path, "r+") as f:  # the visit and beamline GDA would have written
+        f["/entry1/experiment_identifier"] = "cm12345-1"
+        f["/entry1/instrument/name"] = "i18"
+    found = {r["name"] for r in api.get("/api/recipes", params={"scan": str(path)}).json()}
+    assert "xrf-map" in found and "xrd-map" not in found

@@ -32,6 +32,7 @@ from hpcproc.errors import HpcprocError
 from hpcproc.nexus.follow import ScanFollower
 from hpcproc.nexus.processed import ProcessedFile
 from hpcproc.progress import Progress
+from hpcproc.scaninfo import frame_count
 from hpcproc.status import Status
 from hpcproc.steps.base import FrameStep, TaskStep
 
@@ -41,11 +42,6 @@ BATCH_BYTES = 16 * 2**20  # raw bytes read per task: large enough to amortise ~2
 MAX_BATCH = 256
 MAX_WAIT = 0.05  # s a complete point of a live scan may wait for its batch to fill
 POLL = 0.005  # s between looks at a live scan (and at finished tasks)
-
-
-def frame_count(shape: tuple[int, ...], frame_ndim: int) -> int:
-    """Frames in a dataset of ``shape``: the product of the dimensions before a frame's."""
-    return int(np.prod(shape[: len(shape) - frame_ndim], dtype=np.int64))
 
 
 def batch_size(frame_bytes: int, n_frames: int, n_workers: int, row: int) -> int:

@@ -44,8 +44,9 @@ def read_scan_info(
         from hpcproc.formats.hdf5_scan import read_hdf5_scan
 
         return read_hdf5_scan(p, layout, said)
-    if layout is not None and layout not in (kind, "image", "xafs"):
-        raise ScanError(f"{p}: layout {layout!r} is for HDF5 files; this is {kind or 'neither'}")
+    own = {"image": "image", "xdi": "xafs", "columns": "xafs"}.get(kind or "")
+    if layout is not None and own is not None and layout != own:
+        raise ScanError(f"{p}: layout {layout!r} is for HDF5 files; this file's is {own!r}")
     if kind == "image":
         from hpcproc.formats.images import read_image_scan
 

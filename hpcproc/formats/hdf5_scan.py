@@ -9,7 +9,7 @@ import numpy as np
 
 from hpcproc.errors import ScanError
 from hpcproc.formats import layouts
-from hpcproc.formats.hdf5 import get, open_h5, text, time_field, walk, why
+from hpcproc.formats.hdf5 import as_str, get, open_h5, text, time_field, walk, why
 from hpcproc.formats.metadata import NO_OVERRIDES, Overrides, choose_beamline, choose_visit
 from hpcproc.scaninfo import ScanInfo
 
@@ -98,8 +98,6 @@ def _read(f: h5py.File, p: Path, layout_name: str | None, said: Overrides, swmr:
 
 
 def text_attr(d: h5py.Dataset, name: str) -> str:
-    from hpcproc.formats.hdf5 import as_str
-
     return as_str(d.attrs.get(name, ""))
 
 

@@ -76,98 +76,107 @@ def entries(f: h5py.File) -> list[h5py.Group]:
     return sorted(nx, key=lambda g: g.name != "/entry") + named
 
 
-def unique(w: Walk) -> dict[str, DatasetInfo]:
-    """One path per dataset: hard links repeat a dataset under several paths (GDA links each
-    detector's data into an NXdata); the path under an instrument is kept."""
-    seen: dict[tuple, str] = {}
-    for path, d in w.datasets.items():
-        key = (d.shape, d.dtype, d.chunks, d.link)
-        if key in seen and "/instrument/" in seen[key]:
-            continue
-        if key in seen and "/instrument/" not in path:
-            continue
-        seen[key] = path
-    keep = set(seen.values())
-    return {p: d for p, d in w.datasets.items() if p in keep}
-
-
 def points_of(d: DatasetInfo, shape: tuple[int, ...], frame_ndim: int) -> bool:
     """Whether ``d`` holds one ``frame_ndim``-D item per point of a scan of ``shape``: as
     (points, ...) (up to the scan's points: a live scan's dataset grows) or as (*shape, ...);
     a scan of one point may also be one bare item."""
-    n = int(np.prod(shape))
-    lead = d.shape[: len(d.shape) - frame_ndim]
     if len(d.shape) < frame_ndim:
         return False
+    n = int(np.prod(shape))
+    lead = d.shape[: len(d.shape) - frame_ndim]
     if lead == shape or lead == (n,) or (len(lead) == 1 and lead[0] < n):  # live: grows to n
         return True
     return n == 1 and lead == ()
 
 
+def _own_data(p: str) -> tuple[bool, bool, str]:
+    """Sort key: a detector's own data (under an instrument, named data) before copies and
+    the links GDA makes of it into each NXdata."""
+    return ("/instrument/" not in p, not p.endswith("/data"), p)
+
+
 def guess_roles(w: Walk, shape: tuple[int, ...]) -> dict[str, str]:
-    """``frames`` (the largest 2-D frames per point) and ``mca`` (a detector named like an MCA,
-    spectra per point), with the MCA's ``calibration`` group and the frames' ``mask``."""
+    """``frames`` (the largest 2-D frames per point, else a detector's data behind a link to
+    a file not there), ``mca`` (a detector named like an MCA, spectra per point) with its
+    ``calibration`` group, the frames' ``mask`` and ``image_key``."""
     roles: dict[str, str] = {}
-    frames: list[tuple[int, str]] = []
-    mcas: list[str] = []
-    for path, d in unique(w).items():
-        if np.dtype(d.dtype).kind not in "uif" or len(d.shape) < 2:
-            continue
-        parent = path.rsplit("/", 1)[0]
-        if _MCA_NAME.search(parent) and points_of(d, shape, 2):
-            mcas.append(path)
-        elif (
-            points_of(d, shape, 2)
-            and min(d.shape[-2:]) >= MIN_FRAME_SIDE
-            and not _MCA_NAME.search(path)
-        ):
-            frames.append((int(np.prod(d.shape[-2:])), path))
+    keys = sorted((p for p in w.datasets if p.endswith("/image_key")), key=_own_data)
+    frames = _frames(w, shape) or _linked_frames(w, keys)
     if frames:
-        # the largest frames; among equals, a detector's own data before a copy or a link
-        size, _ = max(frames)
-        best = sorted(p for s, p in frames if s == size)
-        roles["frames"] = min(
-            best, key=lambda p: ("/instrument/" not in p, not p.endswith("/data"))
-        )
-        mask = roles["frames"].rsplit("/", 1)[0] + "/pixel_mask"
-        if mask in w.datasets:
-            roles["mask"] = mask
-    keys = sorted((p for p in w.datasets if p.endswith("/image_key")), key=_instrument_first)
+        roles["frames"] = frames
+        group = frames.rsplit("/", 1)[0]
+        if f"{group}/pixel_mask" in w.datasets:
+            roles["mask"] = f"{group}/pixel_mask"
+        if f"{group}/image_key" in w.datasets:  # a tomography detector keys its own frames
+            keys.insert(0, f"{group}/image_key")
     if keys:
         roles["image_key"] = keys[0]
-    if "frames" not in roles:  # a detector's data behind a link to a file not there
-        beside = {k.rsplit("/", 1)[0] for k in keys}  # a tomography detector keys its frames
-        linked = sorted(
-            (p for p in w.missing_links if p.endswith("/data") and not _MCA_NAME.search(p)),
-            key=lambda p: (
-                -_linked_rank(w, p),
-                bool(_NOT_IMAGES.search(p.rsplit("/", 1)[0].rsplit("/", 1)[-1])),
-                p.rsplit("/", 1)[0] not in w.detectors,
-                p.rsplit("/", 1)[0] not in beside,
-                *_instrument_first(p),
-            ),
-        )
-        if linked:
-            roles["frames"] = linked[0]
-    if "image_key" in roles and "frames" in roles:
-        group = roles["frames"].rsplit("/", 1)[0]
-        if f"{group}/image_key" in w.datasets:
-            roles["image_key"] = f"{group}/image_key"
-    if mcas:
-        # one spectrum per point as the scan's shape, then as points, then a live one growing
-        roles["mca"] = min(
-            mcas,
-            key=lambda p: (
-                w.datasets[p].shape[:-2] != shape,
-                w.datasets[p].shape[:-2] != (int(np.prod(shape)),),
-                "/instrument/" not in p,
-                not p.endswith("/data"),
-            ),
-        )
-        group = roles["mca"].rsplit("/", 1)[0]
+    if mca := _mca(w, shape):
+        roles["mca"] = mca
+        group = mca.rsplit("/", 1)[0]
         if f"{group}/energy_gain" in w.datasets:
             roles["calibration"] = group
     return roles
+
+
+def _numeric(d: DatasetInfo) -> bool:
+    return np.dtype(d.dtype).kind in "uif"
+
+
+def _frames(w: Walk, shape: tuple[int, ...]) -> str | None:
+    """The largest 2-D frames, one per point, of a detector not named like an MCA."""
+    found = [
+        (int(np.prod(d.shape[-2:])), path)
+        for path, d in w.datasets.items()
+        if _numeric(d)
+        and len(d.shape) >= 2
+        and points_of(d, shape, 2)
+        and min(d.shape[-2:]) >= MIN_FRAME_SIDE
+        and not _MCA_NAME.search(path)
+    ]
+    if not found:
+        return None
+    size = max(s for s, _ in found)
+    return min((p for s, p in found if s == size), key=_own_data)
+
+
+def _linked_frames(w: Walk, keys: list[str]) -> str | None:
+    """A detector's data behind a link to a file not there (its shape is unknown): the one
+    an NXdata of the highest rank shows, not a position box, an NXdetector, keyed frames."""
+    beside = {k.rsplit("/", 1)[0] for k in keys}
+
+    def rank(p: str) -> tuple:
+        group = p.rsplit("/", 1)[0]
+        return (
+            -_linked_rank(w, p),
+            bool(_NOT_IMAGES.search(group.rsplit("/", 1)[-1])),
+            group not in w.detectors,
+            group not in beside,
+            *_own_data(p),
+        )
+
+    linked = [p for p in w.missing_links if p.endswith("/data") and not _MCA_NAME.search(p)]
+    return min(linked, key=rank) if linked else None
+
+
+def _mca(w: Walk, shape: tuple[int, ...]) -> str | None:
+    """Spectra per point in a group named like an MCA: as the scan's shape (GDA maps), then
+    one per point, then a live one still growing."""
+    n = int(np.prod(shape))
+    found = [
+        p
+        for p, d in w.datasets.items()
+        if _numeric(d) and _MCA_NAME.search(p.rsplit("/", 1)[0]) and points_of(d, shape, 2)
+    ]
+    return min(
+        found,
+        key=lambda p: (
+            w.datasets[p].shape[:-2] != shape,
+            w.datasets[p].shape[:-2] != (n,),
+            *_own_data(p),
+        ),
+        default=None,
+    )
 
 
 _XAFS_NAMES = {
@@ -188,16 +197,12 @@ def _linked_rank(w: Walk, path: str) -> int:
     )
 
 
-def _instrument_first(p: str) -> tuple[bool, str]:
-    return ("/instrument/" not in p, p)
-
-
 def xafs_roles(w: Walk, n_points: int) -> dict[str, str]:
     """``energy``, ``i0``, ``it``, ``if``: 1-D datasets of the scan's length named as beamlines
     name them (``energy/value``, ``I0``, ``It``, ``If``/``FF``)."""
     roles: dict[str, str] = {}
-    for path, d in sorted(w.datasets.items(), key=lambda kv: ("/instrument/" not in kv[0], kv[0])):
-        if len(d.shape) != 1 or d.shape[0] != n_points or np.dtype(d.dtype).kind not in "uif":
+    for path, d in sorted(w.datasets.items(), key=lambda kv: _own_data(kv[0])):
+        if len(d.shape) != 1 or d.shape[0] != n_points or not _numeric(d):
             continue
         for role, pattern in _XAFS_NAMES.items():
             if role not in roles and pattern.search(path.removeprefix("/")):

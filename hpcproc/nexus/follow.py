@@ -14,6 +14,7 @@ import numpy as np
 
 from hpcproc.errors import ScanError
 from hpcproc.formats.hdf5 import open_h5
+from hpcproc.scaninfo import frame_count
 
 KEYS = "/entry/diamond_scan/keys/uniqueKeys"
 FINISHED = "/entry/diamond_scan/scan_finished"
@@ -81,8 +82,7 @@ class ScanFollower:
         if self._keys is None:
             assert self._frames is not None
             self._frames.refresh()
-            lead = self._frames.shape[: max(1, self._frames.ndim - self.frame_ndim)]
-            return min(self.total, int(np.prod(lead)))
+            return min(self.total, frame_count(self._frames.shape, self.frame_ndim))
         self._keys.refresh()
         n = min(self.total, int(self._keys.shape[0]))
         if n <= self.complete:

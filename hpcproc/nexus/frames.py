@@ -30,6 +30,7 @@ import numpy as np
 
 from hpcproc.errors import ScanError
 from hpcproc.formats.hdf5 import open_h5
+from hpcproc.scaninfo import frame_count
 
 __all__ = ["BLOSC_FILTER_ID", "FrameReader"]
 
@@ -103,7 +104,7 @@ class FrameReader:
         self._local = threading.local()  # per-thread raw chunk buffer
 
     def _count(self) -> int:
-        return int(np.prod(self._dset.shape[: self.point_dims], dtype=np.int64))
+        return frame_count(self._dset.shape, len(self.frame_shape))
 
     def _where(self, i: int) -> tuple[int, ...]:
         """The dataset's leading indices of frame ``i`` (scan order, slowest axis first)."""
