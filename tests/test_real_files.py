@@ -316,3 +316,83 @@ def test_numbered_image_series_is_a_scan_of_its_files(tmp_path, client, lims):
         patterns = f["/entry/integrate/integrated/I"][()].reshape(3, -1)
     np.testing.assert_allclose(patterns[1], 2 * patterns[0], rtol=1e-4)
     np.testing.assert_allclose(patterns[2], 3 * patterns[0], rtol=1e-4)
+
+
+SNBL_SPEC = REAL / "xafs" / "ESRF_SNBL_2013.dat"
+BM08_COLUMNS = REAL / "xafs" / "ESRF_BM08_LISA_2021.dat"
+
+
+def _larch_e0(energy: np.ndarray, mu: np.ndarray) -> float:
+    from larch import Group
+    from larch.xafs import pre_edge
+
+    g = Group()
+    pre_edge(energy, mu, group=g)
+    return float(g.e0)
+
+
+def test_spec_file_through_silx(tmp_path, client, lims):
+    """A SPEC file (ESRF SNBL): its first scan's columns, energy in keV read in eV, chambers
+    named with --param; E0 as larch finds it on the same columns (Ge K edge)."""
+    from silx.io.specfile import SpecFile
+
+    (path,) = _copy(tmp_path, SNBL_SPEC)
+    scan = read_scan_info(path)
+    assert (scan.format, scan.layout, scan.shape) == ("spec", "xafs", (456,))
+    assert scan.roles["energy"] == "/columns/ZapEnergy_eV" and scan.roles["i0"] == "/columns/Mon"
+    assert any("2 scans in the SPEC file" in w for w in scan.warnings)
+    params = {"it": "/columns/Ion1"}
+    outcome = run_job(find_recipe("xafs-b18"), path, params, lims=lims, client=client)
+    assert outcome.status == "success", outcome
+    first = SpecFile(str(SNBL_SPEC))[0]
+    col = dict(zip(first.labels, first.data, strict=True))
+    ref = _larch_e0(col["ZapEnergy"] * 1000, np.log(col["Mon"] / col["Ion1"]))
+    e0 = _results(outcome.processed, "normalise")["e0"]
+    assert abs(e0 - ref) <= 1.0 and abs(e0 - 11103) < 15  # Ge K edge
+
+
+def test_beamline_column_names_map_to_roles(tmp_path, client, lims):
+    """ESRF BM08's own column names (eBraggEnergy, I0_EH1, I1_EH1) are the roles. The sample
+    (dilute) shows no edge in transmission, which is said; its reference foil's mu does."""
+    (path,) = _copy(tmp_path, BM08_COLUMNS)
+    scan = read_scan_info(path)
+    assert scan.roles == {
+        "energy": "/columns/ebraggenergy",
+        "i0": "/columns/i0_eh1",
+        "it": "/columns/i1_eh1",
+        "mu": "/columns/mu",
+    }
+    recipe = find_recipe("xafs-b18")
+    weak = run_job(recipe, path, {}, lims=lims, client=client)
+    (step,) = lims.job(weak.job_id).steps
+    assert weak.status == "failed" and "no edge found" in step.message
+    params = {"mode": "mu", "mu": "/columns/mu_ref"}
+    outcome = run_job(recipe, path, params, lims=lims, client=client)
+    assert outcome.status == "success", outcome
+    raw = np.loadtxt(BM08_COLUMNS)
+    ref = _larch_e0(raw[:, 0], raw[:, 6])
+    assert abs(_results(outcome.processed, "normalise")["e0"] - ref) <= 1.0
+
+
+def test_a_bad_geometry_is_one_line_on_the_terminal(tmp_path):
+    """The hpcproc command in a process of its own, as a person runs it: the step's failure is
+    one line, with no worker traceback on the terminal."""
+    import os
+    import subprocess
+    import sys
+
+    tif, poni = _copy(tmp_path, CEO2, CEO2_PONI)
+    poni.write_text(poni.read_text() + "Detector: Pilatus300k\n")
+    env = {**os.environ, "HPCPROC_HOME": str(tmp_path / "home")}
+    env.pop("HPCPROC_LIMS_URL", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "hpcproc.cli", "run", "xrd-map", str(tif), "--cluster", "local"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    said = run.stdout + run.stderr
+    assert run.returncode == 1, said
+    assert "detector Pilatus 300k is 619x487 pixels, the frames of /frames are 1043x981" in said
+    assert "Traceback" not in said and "Compute Failed" not in said

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import logging
 import sys
 import threading
 from collections import OrderedDict
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcproc.errors import HpcprocError
 from hpcproc.formats import open_frames
 from hpcproc.scaninfo import ScanInfo
 from hpcproc.steps.base import FrameStep, Output, StepContext, StepResult, TaskPlan
@@ -42,6 +44,24 @@ def _keep_large_allocations_on_heap(threshold: int = 64 * 2**20) -> None:
 
 
 _keep_large_allocations_on_heap()
+
+
+def _ours(cls: type = HpcprocError) -> set[str]:
+    return {cls.__name__} | {n for sub in cls.__subclasses__() for n in _ours(sub)}
+
+
+class _ReportedFailures(logging.Filter):
+    """Drops the worker's "Compute Failed" log (a traceback on the terminal) for a step that
+    failed with one of hpcproc's own errors: a reason the step's record gives in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Compute Failed") or len(record.args or ()) < 4:
+            return True
+        exception = str(record.args[3])  # type: ignore[index]
+        return exception.split("(", 1)[0] not in _ours()
+
+
+logging.getLogger("distributed.worker").addFilter(_ReportedFailures())
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 and ``hpcproc inspect``.
 
 ``read_scan_info(path)`` tells the format from the file's first bytes (HDF5, a detector image
-fabio reads, XDI, column text), reads it through that format's library, and for HDF5 picks the
+fabio reads, XDI, SPEC, column text), reads it through that format's library, and for HDF5 picks the
 layout that maps its structure to roles (:mod:`hpcproc.formats.layouts`). Every failure is a
 :class:`~hpcproc.errors.ScanError` of one line naming the file.
 """
@@ -44,14 +44,14 @@ def read_scan_info(
         from hpcproc.formats.hdf5_scan import read_hdf5_scan
 
         return read_hdf5_scan(p, layout, said)
-    own = {"image": "image", "xdi": "xafs", "columns": "xafs"}.get(kind or "")
+    own = {"image": "image", "xdi": "xafs", "spec": "xafs", "columns": "xafs"}.get(kind or "")
     if layout is not None and own is not None and layout != own:
         raise ScanError(f"{p}: layout {layout!r} is for HDF5 files; this file's is {own!r}")
     if kind == "image":
         from hpcproc.formats.images import read_image_scan
 
         return read_image_scan(p, said)
-    if kind in ("xdi", "columns"):
+    if kind in ("xdi", "spec", "columns"):
         from hpcproc.formats.columns import read_column_scan
 
         return read_column_scan(p, kind, said)

@@ -44,7 +44,7 @@ def read_array(scan: ScanInfo, dataset: str) -> np.ndarray:
     """The whole of ``dataset`` (a column, an HDF5 dataset, the frames of an image scan)."""
     if (why := scan.missing_input(dataset)) is not None:
         raise ScanError(why)
-    if scan.format in ("xdi", "columns"):
+    if scan.format in ("xdi", "spec", "columns"):
         from hpcproc.formats.columns import PREFIX, columns
 
         return columns(scan.path, scan.format)[dataset.removeprefix(PREFIX)]

@@ -7,8 +7,8 @@ from pathlib import Path
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # What hpcproc reads, as said to a person whose file is of another kind.
 READS = (
-    "NeXus/HDF5, detector images through fabio (TIFF, CBF, EDF, ...), XDI and XAFS column "
-    "text files"
+    "NeXus/HDF5, detector images through fabio (TIFF, CBF, EDF, ...), XDI, SPEC and XAFS "
+    "column text files"
 )
 _IMAGE_SUFFIXES = {
     ".tif",
@@ -38,7 +38,8 @@ _TEXT_SUFFIXES = {".dat", ".txt", ".xmu", ".csv", ".asc", ".nor", ".chi"}
 
 
 def sniff(path: Path) -> str | None:
-    """``hdf5``, ``image``, ``xdi``, ``columns`` or None (a kind hpcproc does not read)."""
+    """``hdf5``, ``image``, ``xdi``, ``spec``, ``columns`` or None (a kind hpcproc does not
+    read)."""
     try:
         with open(path, "rb") as fd:
             head = fd.read(4096)
@@ -55,6 +56,8 @@ def sniff(path: Path) -> str | None:
         return "image"
     if head.startswith(b"# XDI/"):
         return "xdi"
+    if head.startswith((b"#F ", b"#S ")) or (head.startswith(b"#") and b"\n#S " in head):
+        return "spec"
     suffix = path.suffix.lower()
     if suffix in _IMAGE_SUFFIXES:
         return "image"
